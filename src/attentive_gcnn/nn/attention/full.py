@@ -1,0 +1,183 @@
+"""Full attention (alpha-nets): weight every planar response of a lifting or group convolution.
+
+The intermediate responses of a conv with ``n_in`` input orientations (1 for lifting, |H| for group convs) are
+
+    ft[b, o, j, c, l] = x[b, c, l] (*) (L_{h_j} W)[o, c, l]          [B, Co, |H|, Ci, n_in, X', Y']
+
+and the layer returns ``scale * sum_{c, l} attend(ft)``. Lifting layers carry ``n_in = 1`` as a singleton
+axis, so their maps are ``[B, Co, |H|, Ci, 1, 1, 1]`` (channel) and ``[B, Co, |H|, 1, 1, X', Y']`` (spatial).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attentive_gcnn.groups import Group, get_group
+from attentive_gcnn.nn.attention.combine import KeepsMap, attend
+from attentive_gcnn.nn.conv import GConv, transformed_filters
+
+
+def _hidden(in_channels: int, ratio: int) -> int:
+    hidden = in_channels // ratio
+    if hidden < 1:
+        raise ValueError(f"attention ratio {ratio} leaves no hidden unit for {in_channels} input channels")
+    return hidden
+
+
+class FullChannelAttention(KeepsMap, nn.Module):
+    """Channel attention alpha^C(h_j, h_l) per output channel o and relative element ``h_j^-1 h_l``.
+
+    ``ft [B, Co, |H|, Ci, n_in, X, Y]`` -> ``[B, Co, |H|, Ci, n_in, 1, 1]``. A CBAM MLP (no biases, shared by
+    the spatial-mean and spatial-max statistics) contracts the input channels c only.
+    Weights: ``weight_fc1 [Co, Ci//ratio, Ci(, |H|)]``, ``weight_fc2 [Co, Ci, Ci//ratio(, |H|)]`` (the last
+    axis only for group convs), initialised as torch's default ``kaiming_uniform_(a=sqrt(5))``. For p4 the
+    relative index is ``(l - j) mod 4``, the authors' cyclic roll; for p4m it is the D4 product.
+    """
+
+    def __init__(self, group: str | Group, in_channels: int, out_channels: int, ratio: int, lifting: bool):
+        super().__init__()
+        group = get_group(group)
+        hidden = _hidden(in_channels, ratio)
+        tail = () if lifting else (group.order,)
+        self.weight_fc1 = nn.Parameter(torch.empty(out_channels, hidden, in_channels, *tail))
+        self.weight_fc2 = nn.Parameter(torch.empty(out_channels, in_channels, hidden, *tail))
+        relative = torch.zeros(group.order, 1, dtype=torch.long) if lifting else group.relative
+        self.register_buffer("relative", relative, persistent=False)
+        self.n_weights = 1 if lifting else group.order
+        for w in (self.weight_fc1, self.weight_fc2):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+
+    def forward(self, ft: Tensor) -> Tensor:
+        n_w = self.n_weights
+        w1 = self.weight_fc1.reshape(*self.weight_fc1.shape[:3], n_w)[..., self.relative]  # [Co,q,Ci,H,n_in]
+        w2 = self.weight_fc2.reshape(*self.weight_fc2.shape[:3], n_w)[..., self.relative]  # [Co,Ci,q,H,n_in]
+
+        def mlp(s: Tensor) -> Tensor:  # s [B, Co, H, Ci, n_in]
+            hid = torch.relu(torch.einsum("oqcjl,bojcl->bojql", w1, s))
+            return torch.einsum("ocqjl,bojql->bojcl", w2, hid)
+
+        a = torch.sigmoid(mlp(ft.mean(dim=(-2, -1))) + mlp(ft.amax(dim=(-2, -1))))
+        return self.keep(a[..., None, None])
+
+
+class FullSpatialAttention(KeepsMap, nn.Module):
+    """Spatial attention alpha^X(x, h_j, h_l) from the channel mean and max of (channel-attended) responses.
+
+    ``g [B, Co, |H|, Ci, n_in, X, Y]`` -> ``[B, Co, |H|, 1, n_in, X, Y]``. Weight ``[Co, 2(, |H|), k, k]``
+    (stat 0 = mean, 1 = max), transformed per output element like a group kernel; each (o, j, l) plane gets its
+    own slice, summed over the two statistics only. Stride 1, "same" padding, no Haar factor, sigmoid.
+    Init U(+-wscale / sqrt(2 k^2)).
+    """
+
+    def __init__(
+        self,
+        group: str | Group,
+        out_channels: int,
+        kernel_size: int = 7,
+        dilation: int = 1,
+        lifting: bool = False,
+        wscale: float = 1.0,
+    ):
+        super().__init__()
+        self.group = get_group(group)
+        self.n_in = 1 if lifting else self.group.order
+        self.kernel_size, self.dilation = kernel_size, dilation
+        tail = () if lifting else (self.n_in,)
+        self.weight = nn.Parameter(torch.empty(out_channels, 2, *tail, kernel_size, kernel_size))
+        self.register_buffer("index", self.group.filter_index(self.n_in, kernel_size), persistent=False)
+        bound = wscale / math.sqrt(2 * kernel_size**2)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, g: Tensor) -> Tensor:
+        b, co, n_h, _, n_in, x, y = g.shape
+        k = self.kernel_size
+        stats = torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4)  # [B, Co, H, n_in, 2, X, Y]
+        bank = transformed_filters(self.weight.view(co, 2, n_in, k, k), self.group, self.index)
+        bank = bank.transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
+        pad = self.dilation * (k // 2)
+        logits = F.conv2d(
+            stats.reshape(b, co * n_h * n_in * 2, x, y),
+            bank,
+            padding=pad,
+            dilation=self.dilation,
+            groups=co * n_h * n_in,
+        )
+        return self.keep(torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:])))
+
+
+class AttGConv(GConv):
+    """Lifting or group convolution with full attention on its intermediate responses.
+
+    ``[B, Ci(, |H|), X, Y]`` -> ``[B, Co, |H|, X', Y']``: ``scale * sum_{c, l} attend(ft)`` with
+    ``scale = 2 pi / |H|`` for group convs (= mu for p4; the authors' code, which has no p4m full-attention
+    model, would give pi/4 for p4m) and 1 for lifting convs. ``channel``/``spatial`` switch the two parts
+    (ablations); with both off the layer equals the plain conv.
+
+    Args (besides :class:`GConv`'s): ratio (channel MLP reduction, hidden = Ci // ratio), spatial_kernel,
+    spatial_dilation, combine (see :func:`attend`). Attention kernels use the conv's ``wscale``.
+    """
+
+    def __init__(
+        self,
+        group: str | Group,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        lifting: bool,
+        channel: bool = True,
+        spatial: bool = True,
+        ratio: int = 2,
+        spatial_kernel: int = 7,
+        spatial_dilation: int = 1,
+        combine: str = "one_minus_product",
+        wscale: float = 1.0,
+        haar: bool = True,
+        **conv_kw,
+    ):
+        super().__init__(
+            group, in_channels, out_channels, kernel_size, lifting=lifting, wscale=wscale, haar=haar, **conv_kw
+        )
+        self.scale = 1.0 if (lifting or not haar) else 2 * math.pi / self.group.order
+        self.combine = combine
+        self.channel_attention = (
+            FullChannelAttention(self.group, in_channels, out_channels, ratio, lifting) if channel else None
+        )
+        self.spatial_attention = (
+            FullSpatialAttention(self.group, out_channels, spatial_kernel, spatial_dilation, lifting, wscale)
+            if spatial
+            else None
+        )
+
+    def responses(self, x: Tensor) -> Tensor:
+        """The intermediate responses ``ft [B, Co, |H|, Ci, n_in, X', Y']`` (one depthwise conv2d)."""
+        xin = self.fold_input(x)
+        ci, n_in, co, n_h, k = self.in_channels, self.in_order, self.out_channels, self.group.order, self.kernel_size
+        bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
+        bank = bank.permute(2, 3, 0, 1, 4, 5).reshape(ci * n_in * co * n_h, 1, k, k)
+        y = F.conv2d(xin, bank, None, self.stride, self.padding, self.dilation, groups=ci * n_in)
+        return y.view(y.shape[0], ci, n_in, co, n_h, *y.shape[-2:]).permute(0, 3, 4, 1, 2, 5, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = attend(self.responses(x), self.channel_attention, self.spatial_attention, self.combine).sum(
+            dim=(3, 4)
+        )
+        return out * self.scale if self.scale != 1.0 else out
+
+
+class AttLiftingConv(AttGConv):
+    """Full-attention lifting convolution, ``[B, Ci, X, Y]`` -> ``[B, Co, |H|, X', Y']``."""
+
+    def __init__(self, group, in_channels, out_channels, kernel_size, **kw):
+        super().__init__(group, in_channels, out_channels, kernel_size, lifting=True, **kw)
+
+
+class AttGroupConv(AttGConv):
+    """Full-attention group convolution, ``[B, Ci, |H|, X, Y]`` -> ``[B, Co, |H|, X', Y']``."""
+
+    def __init__(self, group, in_channels, out_channels, kernel_size, **kw):
+        super().__init__(group, in_channels, out_channels, kernel_size, lifting=False, **kw)
