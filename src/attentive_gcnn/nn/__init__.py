@@ -15,6 +15,7 @@ from attentive_gcnn.nn.attention import (
     attention_maps,
 )
 from attentive_gcnn.nn.conv import GConv, GroupConv, LiftingConv, export_conv2d, transformed_filters
+from attentive_gcnn.nn.equivariance import check_equivariance, equivariance_errors
 from attentive_gcnn.nn.norm import GroupBatchNorm
 from attentive_gcnn.nn.pooling import GroupPool, SpatialPool
 
@@ -37,6 +38,8 @@ __all__ = [
     "SpatialPool",
     "attend",
     "attention_maps",
+    "check_equivariance",
+    "equivariance_errors",
     "export_conv2d",
     "transformed_filters",
 ]

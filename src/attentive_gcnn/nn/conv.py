@@ -91,13 +91,9 @@ class GConv(nn.Module):
     def fold_input(self, x: Tensor) -> Tensor:
         """``[B, Ci, X, Y]`` (lifting) or ``[B, Ci, |H|, X, Y]`` -> ``[B, Ci*in_order, X, Y]``, checking shapes."""
         expected = 4 if self.lifting else 5
-        if x.dim() != expected or x.shape[1] != self.in_channels or (
-            not self.lifting and x.shape[2] != self.in_order
-        ):
+        if x.dim() != expected or x.shape[1] != self.in_channels or (not self.lifting and x.shape[2] != self.in_order):
             want = "[B, Ci, X, Y]" if self.lifting else f"[B, Ci, {self.in_order}, X, Y]"
-            raise ValueError(
-                f"{type(self).__name__} expects {want} with Ci={self.in_channels}, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"{type(self).__name__} expects {want} with Ci={self.in_channels}, got {tuple(x.shape)}")
         return x if self.lifting else x.flatten(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:

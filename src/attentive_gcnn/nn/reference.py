@@ -17,9 +17,7 @@ from attentive_gcnn.groups import Group
 
 def lifting_conv_reference(x: Tensor, weight: Tensor, group: Group, stride=1, padding=0, dilation=1) -> Tensor:
     """``x [B, Ci, X, Y]``, ``weight [Co, Ci, k, k]`` -> ``[B, Co, |H|, X', Y']`` (no Haar factor)."""
-    outs = [
-        F.conv2d(x, group.act_on_plane(weight, j), None, stride, padding, dilation) for j in range(group.order)
-    ]
+    outs = [F.conv2d(x, group.act_on_plane(weight, j), None, stride, padding, dilation) for j in range(group.order)]
     return torch.stack(outs, dim=2)
 
 
@@ -36,3 +34,27 @@ def group_conv_reference(
             total = total + F.conv2d(x[:, :, l], kernel, None, stride, padding, dilation)
         outs.append(total)
     return scale * torch.stack(outs, dim=2)
+
+
+def full_responses_reference(
+    x: Tensor, weight: Tensor, group: Group, lifting: bool, stride=1, padding=0, dilation=1
+) -> Tensor:
+    """Intermediate responses of a full-attention conv, one planar correlation per (j, l) pair, by loops.
+
+    ``x [B, Ci, X, Y]`` (lifting, ``weight [Co, Ci, k, k]``) or ``[B, Ci, |H|, X, Y]`` (``[Co, Ci, |H|, k, k]``)
+    -> ``[B, Co, |H|, Ci, n_in, X', Y']`` with ``n_in`` = 1 for lifting.
+    """
+    xs = x.unsqueeze(2) if lifting else x
+    ws = weight.unsqueeze(2) if lifting else weight
+    co, ci, n_in, k, _ = ws.shape
+    per_j = []
+    for j in range(group.order):
+        per_l = []
+        for l in range(n_in):
+            m = 0 if lifting else group.compose(group.inverse(j), l)
+            kernel = group.act_on_plane(ws[:, :, m], j)  # [Co, Ci, k, k]
+            depthwise = kernel.transpose(0, 1).reshape(ci * co, 1, k, k)  # c-major
+            y = F.conv2d(xs[:, :, l], depthwise, None, stride, padding, dilation, groups=ci)
+            per_l.append(y.view(y.shape[0], ci, co, *y.shape[-2:]).transpose(1, 2))  # [B, Co, Ci, X', Y']
+        per_j.append(torch.stack(per_l, dim=3))  # [B, Co, Ci, n_in, X', Y']
+    return torch.stack(per_j, dim=2)

@@ -140,9 +140,7 @@ class FAttGConv(GConv):
         )
         self.combine = combine
         on_group = not lifting
-        self.channel_attention = (
-            FeatureChannelAttention(self.group, in_channels, ratio, on_group) if channel else None
-        )
+        self.channel_attention = FeatureChannelAttention(self.group, in_channels, ratio, on_group) if channel else None
         self.spatial_attention = (
             FeatureSpatialAttention(
                 self.group, in_channels, spatial_kernel, spatial_dilation, on_group, pool_channels, wscale, haar

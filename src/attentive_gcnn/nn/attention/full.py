@@ -163,9 +163,7 @@ class AttGConv(GConv):
         return y.view(y.shape[0], ci, n_in, co, n_h, *y.shape[-2:]).permute(0, 3, 4, 1, 2, 5, 6)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = attend(self.responses(x), self.channel_attention, self.spatial_attention, self.combine).sum(
-            dim=(3, 4)
-        )
+        out = attend(self.responses(x), self.channel_attention, self.spatial_attention, self.combine).sum(dim=(3, 4))
         return out * self.scale if self.scale != 1.0 else out
 
 
