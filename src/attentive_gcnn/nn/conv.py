@@ -16,6 +16,13 @@ from torch import Tensor, nn
 from attentive_gcnn.groups import Group, get_group
 
 
+INITS = {
+    "uniform_fan_in": lambda w, s, fan_in: nn.init.uniform_(w, -s / math.sqrt(fan_in), s / math.sqrt(fan_in)),
+    "normal_fan_in": lambda w, s, fan_in: nn.init.normal_(w, 0.0, s / math.sqrt(fan_in)),
+    "normal": lambda w, s, fan_in: nn.init.normal_(w, 0.0, s),
+}
+
+
 def transformed_filters(weight: Tensor, group: Group, index: Tensor) -> Tensor:
     """All transformed copies ``L_{h_j} W`` of a filter bank, gathered in one go.
 
@@ -42,7 +49,9 @@ class GConv(nn.Module):
         kernel_size: spatial size k of the square kernel.
         lifting: input is a planar map (lifting conv) instead of a map on G.
         stride, padding, dilation: as in ``F.conv2d`` (int).
-        wscale: init U(-b, b), b = wscale / sqrt(in_channels * k^2) (|H| is not in the fan-in).
+        wscale, init: the initialisation, with fan_in = in_channels * k^2 (|H| is not in the fan-in):
+            ``uniform_fan_in`` U(-b, b), b = wscale / sqrt(fan_in) (group models); ``normal_fan_in``
+            N(0, std = wscale / sqrt(fan_in)) (Z2CNN, He init with wscale sqrt 2); ``normal`` N(0, std = wscale).
         haar: multiply the output of a group conv by the Haar constant mu (lifting convs: always 1).
     """
 
@@ -58,15 +67,18 @@ class GConv(nn.Module):
         padding: int = 0,
         dilation: int = 1,
         wscale: float = 1.0,
+        init: str = "uniform_fan_in",
         haar: bool = True,
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
         self.group = get_group(group)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.lifting = lifting
         self.in_order = 1 if lifting else self.group.order
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.wscale = wscale
+        self.wscale, self.init = wscale, init
         self.scale = 1.0 if (lifting or not haar) else self.group.haar
         shape = (out_channels, in_channels) + (() if lifting else (self.in_order,)) + (kernel_size,) * 2
         self.weight = nn.Parameter(torch.empty(shape))
@@ -74,8 +86,7 @@ class GConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = self.wscale / math.sqrt(self.in_channels * self.kernel_size**2)
-        nn.init.uniform_(self.weight, -bound, bound)
+        INITS[self.init](self.weight, self.wscale, self.in_channels * self.kernel_size**2)
 
     @property
     def weight5d(self) -> Tensor:

@@ -1,0 +1,36 @@
+"""Model configs (``configs/model/NAME.yaml``) and the one way to build them: ``build(name, **overrides)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+MODEL_DIR = CONFIG_DIR / "model"
+
+
+def model_names() -> list[str]:
+    """Every model config name, sorted."""
+    return sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
+
+
+def model_config(name: str) -> DictConfig:
+    """The config of model ``name``: ``net`` (what is instantiated) and metadata (paper name, dataset, params)."""
+    path = MODEL_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    return OmegaConf.load(path)
+
+
+def build_from_config(net: DictConfig | dict, **overrides) -> nn.Module:
+    """Instantiate a model from a ``net`` node (``_target_`` plus arguments), with keyword overrides."""
+    cfg = OmegaConf.merge(net, overrides) if overrides else net
+    return instantiate(cfg, _convert_="all")
+
+
+def build(name: str, **overrides) -> nn.Module:
+    """The module that ``configs/model/NAME.yaml`` describes; ``overrides`` replace arguments of its ``net``."""
+    return build_from_config(model_config(name).net, **overrides)
