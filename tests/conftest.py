@@ -29,3 +29,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a - b| / max|b|."""
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max())
+
+
+def authors_release_dir():
+    """``../shared/authors_release`` beside the checkout (or $AUTHORS_RELEASE_DIR); None where absent."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("AUTHORS_RELEASE_DIR", Path(__file__).resolve().parents[2] / "shared/authors_release"))
+    return path if (path / "reference_outputs.npz").is_file() else None
+
+
+needs_authors_release = pytest.mark.skipif(
+    authors_release_dir() is None, reason="the authors' release (../shared/authors_release) is not available"
+)

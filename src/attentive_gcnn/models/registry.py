@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -28,7 +29,12 @@ def model_config(name: str) -> DictConfig:
 def build_from_config(net: DictConfig | dict, **overrides) -> nn.Module:
     """Instantiate a model from a ``net`` node (``_target_`` plus arguments), with keyword overrides."""
     cfg = OmegaConf.merge(net, overrides) if overrides else net
-    return instantiate(cfg, _convert_="all")
+    try:
+        return instantiate(cfg, _convert_="all")
+    except InstantiationException as e:  # surface the model's own error (bad group, attention, ...)
+        if isinstance(e.__cause__, (ValueError, TypeError)):
+            raise e.__cause__ from None
+        raise
 
 
 def build(name: str, **overrides) -> nn.Module:

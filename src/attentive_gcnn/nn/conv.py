@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from attentive_gcnn.groups import Group, get_group
 
-
 INITS = {
     "uniform_fan_in": lambda w, s, fan_in: nn.init.uniform_(w, -s / math.sqrt(fan_in), s / math.sqrt(fan_in)),
     "normal_fan_in": lambda w, s, fan_in: nn.init.normal_(w, 0.0, s / math.sqrt(fan_in)),
