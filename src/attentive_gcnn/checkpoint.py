@@ -1,0 +1,65 @@
+"""This project's checkpoint format: a model's config and weights (plus, for training, its state).
+
+A checkpoint is a ``torch.save`` dict with ``format`` (``"attentive_gcnn/1"``), ``model`` (the config name),
+``net`` (the ``net`` node that rebuilds it), ``state_dict``, and optional extra entries (``source``, ``epoch``,
+optimizer state, ...). Writes are atomic (a temporary file renamed into place), so a killed write never leaves
+a half-written checkpoint, and existing files are only replaced when asked to.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from attentive_gcnn.models.registry import build_from_config, model_config
+
+FORMAT = "attentive_gcnn/1"
+
+
+def save_checkpoint(path: str | Path, payload: dict, overwrite: bool = False) -> Path:
+    """Write ``payload`` atomically to ``path``; refuse to replace an existing file unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_payload(name: str, model: nn.Module, **extra) -> dict:
+    """The checkpoint entries that describe ``model`` (built from config ``name``)."""
+    net = OmegaConf.to_container(model_config(name).net, resolve=True)
+    return {"model": name, "net": net, "state_dict": model.state_dict(), **extra}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint of this project, with a clear error for anything else."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT!r})")
+    return ckpt
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild the model stored in a checkpoint, with its weights."""
+    ckpt = load_checkpoint(path)
+    model = build_from_config(OmegaConf.create(ckpt["net"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model
