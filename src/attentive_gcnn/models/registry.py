@@ -15,6 +15,11 @@ MODEL_DIR = CONFIG_DIR / "model"
 
 def model_names() -> list[str]:
     """Every model config name, sorted."""
+    if not MODEL_DIR.is_dir():
+        raise FileNotFoundError(
+            f"model configs not found at {MODEL_DIR}: install the package from a checkout in editable mode "
+            "(`make install`, i.e. `pip install -e .`) so that the repository's configs/ sits beside src/"
+        )
     return sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
 
 
