@@ -114,3 +114,10 @@ def test_checkpoint_of_another_model_is_refused_clearly():
         from_authors_checkpoint(release / "pcam_p4m_densenet.pth", "fa_p4m_densenet")
     with pytest.raises(ValueError, match="does not fit"):
         from_authors_checkpoint(release / "rotmnist_p4cnn.pth", "p4cnn_w11")
+
+
+@pytest.mark.parametrize("name", ["fa_p4cnn", "fa_p4m_allcnnc", "fa_p4m_resnet44"])
+def test_spatial_kernel_override_reaches_every_attentive_conv(name):
+    model = build(name, spatial_kernel=5)
+    kernels = {m.spatial_attention.kernel_size for m in model.modules() if getattr(m, "spatial_attention", None)}
+    assert kernels == {5}

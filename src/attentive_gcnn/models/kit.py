@@ -7,7 +7,6 @@ group, whose maps are ``[B, C, 1, X, Y]``: the same code, and the same parameter
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -76,9 +75,6 @@ class LayerKit:
     def bn(self, channels: int) -> GroupBatchNorm:
         """Batch norm with statistics shared over (|H|, X, Y), eps 2e-5."""
         return GroupBatchNorm(channels)
-
-
-HE = math.sqrt(2.0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,14 +18,17 @@ class PreActBlock(nn.Module):
     the others use the identity. Each conv's attention (if any) acts on that conv's own input.
     """
 
-    def __init__(self, kit: LayerKit, in_channels: int, out_channels: int, downsample: bool) -> None:
+    def __init__(
+        self, kit: LayerKit, in_channels: int, out_channels: int, downsample: bool, spatial_kernel: int = 7
+    ) -> None:
         super().__init__()
+        att = dict(ratio="half", spatial_kernel=spatial_kernel)
         self.bn1 = kit.bn(in_channels)
-        self.conv1 = kit.conv(in_channels, out_channels, 3, padding=1, ratio="half")
+        self.conv1 = kit.conv(in_channels, out_channels, 3, padding=1, **att)
         self.bn2 = kit.bn(out_channels)
-        self.conv2 = kit.conv(out_channels, out_channels, 3, padding=1, ratio="half")
+        self.conv2 = kit.conv(out_channels, out_channels, 3, padding=1, **att)
         self.pool = SpatialPool("max") if downsample else nn.Identity()
-        self.shortcut = kit.conv(in_channels, out_channels, 1, ratio="half") if downsample else None
+        self.shortcut = kit.conv(in_channels, out_channels, 1, **att) if downsample else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(torch.relu(self.bn2(self.pool(self.conv1(torch.relu(self.bn1(x)))))))
@@ -66,7 +69,7 @@ class ResNet44(nn.Module):
         stages, width = [], channels[0]
         for s, out in enumerate(channels):
             stage = [
-                PreActBlock(kit, width if b == 0 else out, out, downsample=s > 0 and b == 0) for b in range(blocks)
+                PreActBlock(kit, width if b == 0 else out, out, s > 0 and b == 0, spatial_kernel) for b in range(blocks)
             ]
             stages.append(nn.Sequential(*stage))
             width = out

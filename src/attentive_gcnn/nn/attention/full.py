@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from attentive_gcnn.groups import Group, get_group
 from attentive_gcnn.nn.attention.combine import KeepsMap, attend
-from attentive_gcnn.nn.conv import GConv, transformed_filters
+from attentive_gcnn.nn.conv import INITS, GConv, transformed_filters
 
 
 def _hidden(in_channels: int, ratio: int) -> int:
@@ -89,8 +89,7 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         tail = () if lifting else (self.n_in,)
         self.weight = nn.Parameter(torch.empty(out_channels, 2, *tail, kernel_size, kernel_size))
         self.register_buffer("index", self.group.filter_index(self.n_in, kernel_size), persistent=False)
-        bound = wscale / math.sqrt(2 * kernel_size**2)
-        nn.init.uniform_(self.weight, -bound, bound)
+        INITS["uniform_fan_in"](self.weight, wscale, 2 * kernel_size**2)  # fan-in: the 2 statistics
 
     def forward(self, g: Tensor) -> Tensor:
         b, co, n_h, _, n_in, x, y = g.shape
