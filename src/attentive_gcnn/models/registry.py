@@ -1,4 +1,8 @@
-"""Model configs (``configs/model/NAME.yaml``) and the one way to build them: ``build(name, **overrides)``."""
+"""Model configs (``configs/model/NAME.yaml``) and the one way to build them: ``build(name, **overrides)``.
+
+A model config is in Hydra's global package: its defaults list picks the model's training recipe
+(``override /training: ...``) and its ``model`` node holds ``net`` (what is instantiated) and metadata.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +28,11 @@ def model_names() -> list[str]:
 
 
 def model_config(name: str) -> DictConfig:
-    """The config of model ``name``: ``net`` (what is instantiated) and metadata (paper name, dataset, params)."""
+    """The ``model`` node of ``configs/model/NAME.yaml``: ``net`` and metadata (paper name, dataset, params)."""
     path = MODEL_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
-    return OmegaConf.load(path)
+    return OmegaConf.load(path).model
 
 
 def build_from_config(net: DictConfig | dict, **overrides) -> nn.Module:

@@ -1,0 +1,405 @@
+"""The one training entrypoint: ``python -m attentive_gcnn.train [dataset=...] [model=...] [key=value ...]``.
+
+Hydra composes ``configs/train.yaml`` (groups ``paths``, ``dataset``, ``training``, ``model``, ``logger``,
+``experiment``), the model picks its training recipe, and :func:`run` fits it under the chosen protocol. Each run
+directory receives ``metrics.csv``, ``summary.json``, ``last.ckpt`` (every epoch), ``best.ckpt`` and ``train.log``.
+Anything the user must fix is reported as one ``error:`` line and exit status 2, before training starts
+wherever it can be known then.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from attentive_gcnn.checkpoint import load_checkpoint, save_checkpoint
+from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
+from attentive_gcnn.models.kit import count_parameters
+from attentive_gcnn.models.registry import CONFIG_DIR, build_from_config, model_config, model_names
+from attentive_gcnn.runlog import MetricsCSV, environment, git_sha, peak_memory_mb, write_json
+from attentive_gcnn.trainer import Trainer
+
+log = logging.getLogger("attentive_gcnn.train")
+
+PROTOCOLS = ("clean", "original")
+LAST, BEST, SUMMARY, METRICS = "last.ckpt", "best.ckpt", "summary.json", "metrics.csv"
+
+
+# ----------------------------------------------------------------------------------------------- set-up checks
+def check_options(cfg: DictConfig) -> None:
+    """Reject invalid or incompatible options before anything is loaded or trained."""
+    problems = []
+    if cfg.protocol not in PROTOCOLS:
+        problems.append(f"protocol={cfg.protocol} is not one of {', '.join(PROTOCOLS)}")
+    if cfg.eval_only and not cfg.ckpt_path:
+        problems.append("eval_only=true needs ckpt_path=PATH (a checkpoint of this project)")
+    if cfg.ckpt_path and not cfg.eval_only:
+        problems.append("ckpt_path is only read with eval_only=true (to continue a run, use resume=true)")
+    if cfg.eval_only and cfg.resume:
+        problems.append("eval_only=true and resume=true exclude each other")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if not isinstance(cfg.training[key], int) or cfg.training[key] < 1:
+            problems.append(f"training.{key}={cfg.training[key]} must be a positive integer")
+    if not isinstance(cfg.training.lr, (int, float)) or not cfg.training.lr > 0:
+        problems.append(f"training.lr={cfg.training.lr} must be a positive number")
+    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        problems.append(f"num_workers={cfg.num_workers} must be a non-negative integer")
+    if cfg.progress not in ("auto", True, False):
+        problems.append(f"progress={cfg.progress} must be auto, true or false")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; otherwise a torch device string that must be available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here (use device=auto or device=cpu)")
+    return device
+
+
+def check_fits(model: torch.nn.Module, model_name: str, source, dataset: DictConfig) -> None:
+    """The model's input shape and number of classes must be the dataset's (``dataset``: its config node)."""
+    want = (tuple(model.input_shape), model.num_classes)
+    have = (tuple(source.input_shape), source.num_classes)
+    if want != have:
+        fitting = [n for n in model_names() if model_config(n).dataset == dataset.get("family")]
+        hint = f"; models for this dataset: {', '.join(fitting)}" if fitting else ""
+        raise ConfigError(
+            f"model {model_name} takes {'x'.join(map(str, want[0]))} inputs with {want[1]} classes, but dataset "
+            f"{dataset.name} gives {'x'.join(map(str, have[0]))} with {have[1]} classes{hint}"
+        )
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """The run directory must be writable, and must not hold another run unless it is being resumed."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to the run directory {run_dir} ({e.strerror}); set hydra.run.dir") from None
+    holds_run = (run_dir / LAST).exists() or (run_dir / METRICS).exists()
+    if holds_run and not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass resume=true to continue it, or choose another hydra.run.dir"
+        )
+    if resume and not (run_dir / LAST).exists():
+        raise ConfigError(f"resume=true but {run_dir / LAST} does not exist; set hydra.run.dir to the run to resume")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator is what third-party code draws from)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch (shuffling, augmentation, workers): a function of the run seed and the epoch only,
+    so that a resumed run draws exactly what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------------------------------- the run
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+RESUME_KEYS = ("model", "dataset", "protocol", "seed")
+
+
+def check_resumable(saved: dict, now: dict) -> None:
+    """A resumed run must be the same run: model, dataset, protocol, seed and recipe (the epoch count may grow)."""
+    differ = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    old_t = {k: v for k, v in saved.get("training", {}).items() if k != "epochs"}
+    new_t = {k: v for k, v in now.get("training", {}).items() if k != "epochs"}
+    differ += [f"training.{k}" for k in sorted(set(old_t) | set(new_t)) if old_t.get(k) != new_t.get(k)]
+    if differ:
+        raise ConfigError(f"resume=true with different settings than the saved run: {', '.join(differ)}")
+
+
+class Run:
+    """One training run: builds everything from the config, then :meth:`fit` and :meth:`report`."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.config = resolved(cfg)
+        self.device = pick_device(cfg.device)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.seed)
+        self.model = build_from_config(cfg.model.net)
+        self.source = instantiate(cfg.dataset.source)
+        check_fits(self.model, cfg.model.name, self.source, cfg.dataset)
+        self.splits = self.source.splits(cfg.protocol)
+        self.model.to(self.device)
+        self.optimizer = instantiate(cfg.training.optimizer)(self.model.parameters())
+        self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
+        progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+        self.trainer = Trainer(self.model, self.optimizer, self.device, amp=cfg.amp, progress=progress)
+        self.mirror = instantiate(cfg.logger)
+        self.metrics = MetricsCSV(run_dir / METRICS)
+        self.epoch, self.elapsed, self.run_id = 0, 0.0, None
+        self.best = {"epoch": 0, "accuracy": -1.0, "state_dict": None}
+
+    # state --------------------------------------------------------------------------------------------------
+    def _payload(self, **extra) -> dict:
+        return {"model": self.cfg.model.name, "net": self.config["model"]["net"], **extra}
+
+    def save_last(self) -> None:
+        state = {
+            "epoch": self.epoch,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.trainer.scaler.state_dict(),
+            "best": self.best,
+            "elapsed_s": self.elapsed,
+            "run_id": self.run_id,
+            "config": self.config,
+        }
+        save_checkpoint(self.run_dir / LAST, self._payload(**state), overwrite=True)
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir / LAST)
+        check_resumable(ckpt.get("config", {}), self.config)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler and ckpt["scheduler"]:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.trainer.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.best, self.elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed_s"]
+        self.run_id = ckpt.get("run_id")
+        self.metrics.truncate(self.epoch)
+        log.info(f"resuming {self.run_dir} after epoch {self.epoch}")
+
+    # loops --------------------------------------------------------------------------------------------------
+    def loader(self, dataset, shuffle: bool, seed: int = 0):
+        from attentive_gcnn.data import make_loader
+
+        size = self.cfg.training.batch_size if shuffle else self.cfg.training.eval_batch_size
+        return make_loader(dataset, size, shuffle=shuffle, seed=seed, num_workers=self.cfg.num_workers)
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def fit(self) -> None:
+        cfg, splits = self.cfg, self.splits
+        select_loader = self.loader(splits.select, shuffle=False)
+        for epoch in range(self.epoch + 1, cfg.training.epochs + 1):
+            seed = epoch_seed(cfg.seed, epoch)
+            seed_everything(seed)
+            t0, lr = time.perf_counter(), self.lr()
+            train_loss, train_acc = self.trainer.train_epoch(self.loader(splits.train, True, seed), epoch)
+            t1 = time.perf_counter()
+            sel_loss, sel_acc = self.trainer.evaluate(select_loader, desc=splits.select_name)
+            t2 = time.perf_counter()
+            if self.scheduler is not None:
+                monitor = {"select_accuracy": sel_acc, "select_loss": sel_loss}
+                key = cfg.training.scheduler_monitor
+                self.scheduler.step(monitor[key]) if key else self.scheduler.step()
+            self.epoch, self.elapsed = epoch, self.elapsed + (t2 - t0)
+            if sel_acc > self.best["accuracy"]:  # strict: ties keep the earlier epoch (SPEC 6)
+                state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                self.best = {"epoch": epoch, "accuracy": sel_acc, "state_dict": state}
+                save_checkpoint(self.run_dir / BEST, self._payload(state_dict=state, epoch=epoch), overwrite=True)
+            self.metrics.append(
+                dict(epoch=epoch, split="train", loss=train_loss, accuracy=train_acc, lr=lr, time_s=t1 - t0),
+                dict(epoch=epoch, split=splits.select_name, loss=sel_loss, accuracy=sel_acc, lr=lr, time_s=t2 - t1),
+            )
+            self.save_last()
+            self.mirror.log(
+                epoch,
+                {
+                    "train/loss": train_loss,
+                    "train/accuracy": train_acc,
+                    "lr": lr,
+                    f"{splits.select_name}/loss": sel_loss,
+                    f"{splits.select_name}/accuracy": sel_acc,
+                },
+            )
+            log.info(
+                f"epoch {epoch:>3}/{cfg.training.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:6.2f}%  "
+                f"{splits.select_name} loss {sel_loss:.4f} acc {100 * sel_acc:6.2f}%  lr {lr:.3g}  "
+                f"{t2 - t0:.1f}s"
+            )
+
+    def report(self) -> dict:
+        """Test the last and the best epoch's weights once; write the final rows and ``summary.json``."""
+        cfg, splits = self.cfg, self.splits
+        test_loader = self.loader(splits.test, shuffle=False)
+        t0 = time.perf_counter()
+        last_loss, last_acc = self.trainer.evaluate(test_loader, desc="test (last)")
+        t1 = time.perf_counter()
+        self.model.load_state_dict(self.best["state_dict"])
+        test_loss, test_acc = self.trainer.evaluate(test_loader, desc="test (best)")
+        t2 = time.perf_counter()
+        self.elapsed += t2 - t0
+        lr = self.lr()
+        self.metrics.rows = [r for r in self.metrics.rows if r["split"] not in ("test_last", "test_best")]
+        self.metrics.append(
+            dict(epoch=self.epoch, split="test_last", loss=last_loss, accuracy=last_acc, lr=lr, time_s=t1 - t0),
+            dict(epoch=self.best["epoch"], split="test_best", loss=test_loss, accuracy=test_acc, lr=lr, time_s=t2 - t1),
+        )
+        summary = {
+            "status": "complete",
+            "mode": "train",
+            "name": cfg.name,
+            "model": cfg.model.name,
+            "paper_name": cfg.model.get("paper_name"),
+            "dataset": cfg.dataset.name,
+            "protocol": cfg.protocol,
+            "seed": cfg.seed,
+            "epochs": self.epoch,
+            "best_epoch": self.best["epoch"],
+            "select_split": splits.select_name,
+            "best_select_accuracy": self.best["accuracy"],
+            "test_accuracy": test_acc,
+            "test_error": 100 * (1 - test_acc),
+            "test_loss": test_loss,
+            "last_test_accuracy": last_acc,
+            "last_test_error": 100 * (1 - last_acc),
+            "params": count_parameters(self.model),
+            "train_size": len(splits.train),
+            "select_size": len(splits.select),
+            "test_size": len(splits.test),
+            "normalization": splits.normalization,
+            "wall_time_s": self.elapsed,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "git_sha": git_sha(),
+            "command": " ".join(sys.argv),
+            "environment": environment(self.device),
+            "config": self.config,
+        }
+        write_json(self.run_dir / SUMMARY, summary)
+        return summary
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Fit (or resume) the configured run in ``run_dir``; returns the summary."""
+    prepare_run_dir(run_dir, cfg.resume)
+    if cfg.resume and (run_dir / SUMMARY).exists():
+        import json
+
+        done = json.loads((run_dir / SUMMARY).read_text())
+        if done.get("status") == "complete" and done.get("epochs", 0) >= cfg.training.epochs:
+            log.info(f"{run_dir} is already complete; nothing to do")
+            return done
+    run = Run(cfg, run_dir)
+    if cfg.resume:
+        run.restore()
+    failed = True
+    try:
+        run.run_id = run.mirror.start(run_dir, run.config, run.run_id)
+        log.info(
+            f"{cfg.model.name} ({count_parameters(run.model):,} params) on {cfg.dataset.name}, protocol "
+            f"{cfg.protocol}: fit on {len(run.splits.train):,}, select on {run.splits.select_name} "
+            f"({len(run.splits.select):,}), test {len(run.splits.test):,}; device {run.device}; {run_dir}"
+        )
+        try:
+            run.fit()
+        except NonFiniteLossError as e:
+            kept = f"{run_dir / LAST} (epoch {run.epoch})" if run.epoch else "none (no epoch completed)"
+            raise NonFiniteLossError(f"{e}; training stopped; last good checkpoint: {kept}") from None
+        summary = run.report()
+        failed = False
+        return summary
+    finally:
+        run.mirror.finish(None if failed else _scalars(summary), failed)
+
+
+def _scalars(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "command"}
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    """``eval_only=true``: test the checkpoint at ``ckpt_path`` on the dataset's test split."""
+    prepare_run_dir(run_dir, resume=False)
+    path = Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist")
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    device = pick_device(cfg.device)
+    model = build_from_config(OmegaConf.create(ckpt["net"]))
+    model.load_state_dict(ckpt["state_dict"])
+    source = instantiate(cfg.dataset.source)
+    check_fits(model, ckpt["model"], source, cfg.dataset)
+    splits = source.splits(cfg.protocol)
+    trainer = Trainer(
+        model.to(device),
+        None,
+        device,
+        amp=cfg.amp,
+        progress=sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress),
+    )
+    from attentive_gcnn.data import make_loader
+
+    t0 = time.perf_counter()
+    loss, acc = trainer.evaluate(
+        make_loader(splits.test, cfg.training.eval_batch_size, shuffle=False, seed=0, num_workers=cfg.num_workers),
+        desc="test",
+    )
+    summary = {
+        "status": "complete",
+        "mode": "eval",
+        "checkpoint": str(path.resolve()),
+        "model": ckpt["model"],
+        "dataset": cfg.dataset.name,
+        "protocol": cfg.protocol,
+        "test_accuracy": acc,
+        "test_error": 100 * (1 - acc),
+        "test_loss": loss,
+        "test_size": len(splits.test),
+        "params": count_parameters(model),
+        "normalization": splits.normalization,
+        "wall_time_s": time.perf_counter() - t0,
+        "peak_memory_mb": peak_memory_mb(device),
+        "git_sha": git_sha(),
+        "command": " ".join(sys.argv),
+        "environment": environment(device),
+        "config": resolved(cfg),
+    }
+    write_json(run_dir / SUMMARY, summary)
+    return summary
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entrypoint; returns the test error (%) so that sweeps can read it."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_options(cfg)
+        summary = evaluate(cfg, run_dir) if cfg.eval_only else train(cfg, run_dir)
+    except UserError as e:
+        log.error(f"error: {e}")
+        raise SystemExit(2) from None
+    what = f"checkpoint {summary.get('checkpoint')}" if cfg.eval_only else f"{summary['model']}"
+    n = summary["test_size"]
+    print(f"test error: {summary['test_error']:.2f} % ({what} on {summary['dataset']}, {n:,} test images)")
+    print(f"logs: {run_dir}")
+    return summary["test_error"]
+
+
+if __name__ == "__main__":
+    main()
