@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test test-full clean
+.PHONY: help install train lint format test test-full clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,6 +18,9 @@ $(BIN)/python:
 install: $(BIN)/python ## Create .venv, install the pinned requirements and the package (editable)
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+
+train: ## Train the default job (P4CNN on the embedded rotmnist_mini, CPU); ARGS="key=value ..." overrides
+	$(BIN)/python -m attentive_gcnn.train $(ARGS)
 
 lint: ## ruff check and format check
 	$(BIN)/ruff check src tests scripts

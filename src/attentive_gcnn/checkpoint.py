@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from attentive_gcnn.models.registry import build_from_config, model_config
+from attentive_gcnn.runlog import file_mode
 
 FORMAT = "attentive_gcnn/1"
 
@@ -31,6 +32,7 @@ def save_checkpoint(path: str | Path, payload: dict, overwrite: bool = False) ->
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

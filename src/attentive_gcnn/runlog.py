@@ -22,6 +22,22 @@ import torch
 METRIC_FIELDS = ("epoch", "split", "loss", "accuracy", "lr", "time_s")
 
 
+def file_mode() -> int:
+    """The permissions a new file gets under the current umask (``mkstemp`` would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def ensure_writable(path: str | Path) -> None:
+    """Create directory ``path`` if needed and write (then remove) a probe file in it; raises OSError if not."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write_test"
+    probe.write_text("")
+    probe.unlink()
+
+
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
     path = Path(path)
@@ -29,6 +45,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,10 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from attentive_gcnn.checkpoint import load_checkpoint, save_checkpoint
+from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models.kit import count_parameters
 from attentive_gcnn.models.registry import CONFIG_DIR, build_from_config, model_config, model_names
-from attentive_gcnn.runlog import MetricsCSV, environment, git_sha, peak_memory_mb, write_json
+from attentive_gcnn.runlog import MetricsCSV, ensure_writable, environment, git_sha, peak_memory_mb, write_json
 from attentive_gcnn.trainer import Trainer
 
 log = logging.getLogger("attentive_gcnn.train")
@@ -89,10 +90,7 @@ def check_fits(model: torch.nn.Module, model_name: str, source, dataset: DictCon
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """The run directory must be writable, and must not hold another run unless it is being resumed."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        ensure_writable(run_dir)
     except OSError as e:
         raise ConfigError(f"cannot write to the run directory {run_dir} ({e.strerror}); set hydra.run.dir") from None
     holds_run = (run_dir / LAST).exists() or (run_dir / METRICS).exists()
@@ -147,7 +145,7 @@ class Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         self.model = build_from_config(cfg.model.net)
-        self.source = instantiate(cfg.dataset.source)
+        self.source = make_source(cfg.dataset.source)
         check_fits(self.model, cfg.model.name, self.source, cfg.dataset)
         self.splits = self.source.splits(cfg.protocol)
         self.model.to(self.device)
@@ -193,8 +191,6 @@ class Run:
 
     # loops --------------------------------------------------------------------------------------------------
     def loader(self, dataset, shuffle: bool, seed: int = 0):
-        from attentive_gcnn.data import make_loader
-
         size = self.cfg.training.batch_size if shuffle else self.cfg.training.eval_batch_size
         return make_loader(dataset, size, shuffle=shuffle, seed=seed, num_workers=self.cfg.num_workers)
 
@@ -249,8 +245,11 @@ class Run:
         t0 = time.perf_counter()
         last_loss, last_acc = self.trainer.evaluate(test_loader, desc="test (last)")
         t1 = time.perf_counter()
-        self.model.load_state_dict(self.best["state_dict"])
-        test_loss, test_acc = self.trainer.evaluate(test_loader, desc="test (best)")
+        if self.best["epoch"] == self.epoch:  # the last epoch is the best one: same weights, same numbers
+            test_loss, test_acc = last_loss, last_acc
+        else:
+            self.model.load_state_dict(self.best["state_dict"])
+            test_loss, test_acc = self.trainer.evaluate(test_loader, desc="test (best)")
         t2 = time.perf_counter()
         self.elapsed += t2 - t0
         lr = self.lr()
@@ -343,7 +342,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     device = pick_device(cfg.device)
     model = build_from_config(OmegaConf.create(ckpt["net"]))
     model.load_state_dict(ckpt["state_dict"])
-    source = instantiate(cfg.dataset.source)
+    source = make_source(cfg.dataset.source)
     check_fits(model, ckpt["model"], source, cfg.dataset)
     splits = source.splits(cfg.protocol)
     trainer = Trainer(
@@ -353,8 +352,6 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         amp=cfg.amp,
         progress=sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress),
     )
-    from attentive_gcnn.data import make_loader
-
     t0 = time.perf_counter()
     loss, acc = trainer.evaluate(
         make_loader(splits.test, cfg.training.eval_batch_size, shuffle=False, seed=0, num_workers=cfg.num_workers),
