@@ -21,6 +21,8 @@ import sys
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROTMNIST_URL = "http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip"
@@ -46,20 +48,23 @@ def _present(directory: Path, names) -> list[str]:
     return [n for n in names if (directory / n).is_file()]
 
 
+@dataclass(frozen=True)
+class Source:
+    """One dataset: its folder under the data directory, its files, where it comes from and how to fetch it."""
+
+    folder: str
+    files: tuple[str, ...]
+    origin: str
+    fetch: Callable[[Path, bool], None]
+
+
 def plan(name: str, root: Path) -> list[str]:
     """Human-readable lines: what ``name`` would fetch, from where, to where, and what is already there."""
-    if name == "rotmnist":
-        target, names, source = root / ROTMNIST_DIR, ROTMNIST_FILES, ROTMNIST_URL
-    elif name == "mnist":
-        target, names, source = root / "MNIST" / "raw", MNIST_FILES, "torchvision.datasets.MNIST(download=True)"
-    elif name == "cifar10":
-        target, names = root / "cifar-10-batches-py", CIFAR_FILES
-        source = "torchvision.datasets.CIFAR10(download=True)"
-    else:
-        target, names, source = root / PCAM_DIR, PCAM_FILES, f"{PCAM_RECORD} (*.h5.gz, decompressed)"
-    have = _present(target, names)
-    lines = [f"{name}: {source}", f"  -> {target}/"]
-    lines += [f"     {n}{'  (present, skipped)' if n in have else ''}" for n in names]
+    source = SOURCES[name]
+    target = root / source.folder
+    have = _present(target, source.files)
+    lines = [f"{name}: {source.origin}", f"  -> {target}/"]
+    lines += [f"     {n}{'  (present, skipped)' if n in have else ''}" for n in source.files]
     return lines
 
 
@@ -116,19 +121,25 @@ def fetch_rotmnist(root: Path, keep: bool) -> None:
     print(f"rotmnist: {target}")
 
 
-def fetch_torchvision(name: str, root: Path) -> None:
+def fetch_mnist(root: Path, keep: bool) -> None:
     import torchvision
 
     try:
-        if name == "mnist":
-            for train in (True, False):
-                torchvision.datasets.MNIST(str(root), train=train, download=True)
-            print(f"mnist: {root / 'MNIST' / 'raw'}")
-        else:
-            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-            print(f"cifar10: {root / 'cifar-10-batches-py'}")
+        for train in (True, False):
+            torchvision.datasets.MNIST(str(root), train=train, download=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise FetchError(f"{name}: torchvision download failed: {e}") from None
+        raise FetchError(f"mnist: torchvision download failed: {e}") from None
+    print(f"mnist: {root / 'MNIST' / 'raw'}")
+
+
+def fetch_cifar10(root: Path, keep: bool) -> None:
+    import torchvision
+
+    try:
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise FetchError(f"cifar10: torchvision download failed: {e}") from None
+    print(f"cifar10: {root / 'cifar-10-batches-py'}")
 
 
 def _zenodo_md5s() -> dict[str, tuple[str, str]]:
@@ -177,6 +188,14 @@ def fetch_pcam(root: Path, keep: bool) -> None:
     print(f"pcam: {target}")
 
 
+SOURCES = {
+    "rotmnist": Source(ROTMNIST_DIR, ROTMNIST_FILES, ROTMNIST_URL, fetch_rotmnist),
+    "mnist": Source("MNIST/raw", MNIST_FILES, "torchvision.datasets.MNIST(download=True)", fetch_mnist),
+    "cifar10": Source("cifar-10-batches-py", CIFAR_FILES, "torchvision.datasets.CIFAR10(download=True)", fetch_cifar10),
+    "pcam": Source(PCAM_DIR, PCAM_FILES, f"{PCAM_RECORD} (*.h5.gz, decompressed)", fetch_pcam),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=(*NAMES, "all"), help="dataset to fetch")
@@ -193,12 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         for name in names:
-            if name == "rotmnist":
-                fetch_rotmnist(root, args.keep_archives)
-            elif name == "pcam":
-                fetch_pcam(root, args.keep_archives)
-            else:
-                fetch_torchvision(name, root)
+            SOURCES[name].fetch(root, args.keep_archives)
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

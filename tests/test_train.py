@@ -443,3 +443,12 @@ def test_every_dataset_source_reports_its_shape(tmp_path):
         source = make_source(cfg.dataset.source)
         net = build_from_config(cfg.model.net)
         assert (tuple(source.input_shape), source.num_classes) == (tuple(net.input_shape), net.num_classes)
+
+
+def test_experiment_configs_set_model_dataset_and_recipe_and_the_command_line_wins():
+    cfg = compose_cfg("experiment=smoke")
+    assert (cfg.name, cfg.model.name, cfg.dataset.name, cfg.training.epochs) == ("smoke", "p4cnn", "rotmnist_mini", 2)
+    assert compose_cfg("experiment=smoke", "model=fa_p4cnn").model.name == "fa_p4cnn"
+    assert compose_cfg("experiment=smoke", "training.epochs=5", "seed=3").training.epochs == 5
+    for path in (CONFIG_DIR / "experiment").glob("*.yaml"):
+        compose_cfg(f"experiment={path.stem}")
