@@ -20,7 +20,7 @@ from attentive_gcnn.data import make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models import build_from_config, model_config, model_names
 from attentive_gcnn.models.registry import CONFIG_DIR
-from attentive_gcnn.train import check_options, train
+from attentive_gcnn.train import check_options, evaluate, train
 from attentive_gcnn.trainer import Trainer
 from tests.conftest import authors_release_dir, needs_authors_release
 from tests.data_fixtures import write_cifar10, write_mnist_raw, write_pcam, write_rotmnist_npz
@@ -276,6 +276,16 @@ def test_resume_of_a_complete_run_does_nothing_and_more_epochs_continue_it(tmp_p
     assert [r["split"] for r in rows(tmp_path / "run")] == ["train", "valid"] * 2 + ["test_last", "test_best"]
 
 
+def test_resume_auto_starts_a_fresh_run_and_skips_a_complete_one(tmp_path):
+    base = [*tiny_rotmnist(tmp_path), "training.epochs=1", "resume=auto"]
+    first = train(compose_cfg(*base), tmp_path / "run")
+    assert train(compose_cfg(*base), tmp_path / "run") == first
+    (tmp_path / "leftover").mkdir()  # killed before its first checkpoint: only a metrics.csv
+    (tmp_path / "leftover" / "metrics.csv").write_text("epoch,split,loss,accuracy,lr,time_s\n1,train,1,0.5,0.001,1\n")
+    train(compose_cfg(*base), tmp_path / "leftover")
+    assert [r["split"] for r in rows(tmp_path / "leftover")] == ["train", "valid", "test_last", "test_best"]
+
+
 def test_resume_refuses_different_settings(tmp_path):
     base = tiny_rotmnist(tmp_path)
     train(compose_cfg(*base, "training.epochs=1"), tmp_path / "run")
@@ -308,6 +318,9 @@ def test_eval_only_reproduces_the_test_accuracy_of_the_best_checkpoint(tmp_path)
     assert (e["mode"], e["model"], e["test_size"]) == ("eval", "p4cnn", 48)
     assert e["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=1e-9)
     assert "test error:" in result.stdout
+    again = compose_cfg(*base, "eval_only=true", f"ckpt_path={tmp_path / 'run' / 'best.ckpt'}")
+    with pytest.raises(ConfigError, match="already holds a run"):  # its summary.json is not overwritten
+        evaluate(again, tmp_path / "eval")
 
 
 @needs_authors_release
@@ -374,6 +387,7 @@ def test_model_that_does_not_fit_the_dataset(tmp_path):
         (["eval_only=true"], "needs ckpt_path"),
         (["ckpt_path=x.ckpt"], "only read with eval_only"),
         (["eval_only=true", "ckpt_path=x.ckpt", "resume=true"], "exclude each other"),
+        (["resume=maybe"], "resume=maybe"),
         (["training.epochs=0"], "training.epochs=0"),
         (["training.batch_size=-4"], "training.batch_size=-4"),
         (["training.lr=0"], "training.lr=0"),

@@ -10,6 +10,7 @@ wherever it can be known then.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -46,8 +47,10 @@ def check_options(cfg: DictConfig) -> None:
         problems.append("eval_only=true needs ckpt_path=PATH (a checkpoint of this project)")
     if cfg.ckpt_path and not cfg.eval_only:
         problems.append("ckpt_path is only read with eval_only=true (to continue a run, use resume=true)")
+    if cfg.resume not in (True, False, "auto"):
+        problems.append(f"resume={cfg.resume} must be true, false or auto")
     if cfg.eval_only and cfg.resume:
-        problems.append("eval_only=true and resume=true exclude each other")
+        problems.append("eval_only=true and resume exclude each other")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if not isinstance(cfg.training[key], int) or cfg.training[key] < 1:
             problems.append(f"training.{key}={cfg.training[key]} must be a positive integer")
@@ -87,14 +90,15 @@ def check_fits(model: torch.nn.Module, model_name: str, source, dataset: DictCon
         )
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """The run directory must be writable, and must not hold another run unless it is being resumed."""
+def prepare_run_dir(run_dir: Path, resume: bool, restart_ok: bool = False) -> None:
+    """The run directory must be writable, and must not hold another run unless it is being resumed (or, with
+    ``restart_ok``, it holds the leftovers of a run killed before its first checkpoint)."""
     try:
         ensure_writable(run_dir)
     except OSError as e:
         raise ConfigError(f"cannot write to the run directory {run_dir} ({e.strerror}); set hydra.run.dir") from None
-    holds_run = (run_dir / LAST).exists() or (run_dir / METRICS).exists()
-    if holds_run and not resume:
+    holds_run = any((run_dir / name).exists() for name in (LAST, METRICS, SUMMARY))
+    if holds_run and not resume and not restart_ok:
         raise ConfigError(
             f"{run_dir} already holds a run; pass resume=true to continue it, or choose another hydra.run.dir"
         )
@@ -142,6 +146,7 @@ class Run:
         self.device = pick_device(cfg.device)
         torch.backends.cudnn.benchmark = not cfg.deterministic
         if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
         self.model = build_from_config(cfg.model.net)
@@ -293,9 +298,15 @@ class Run:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Fit (or resume) the configured run in ``run_dir``; returns the summary."""
-    prepare_run_dir(run_dir, cfg.resume)
-    if cfg.resume and (run_dir / SUMMARY).exists():
+    """Fit (or resume) the configured run in ``run_dir``; returns the summary.
+
+    ``resume``: false (a fresh run; the directory must not hold one), true (continue from ``last.ckpt``) or auto
+    (continue if ``last.ckpt`` exists, otherwise start; what `make reproduce` uses to skip finished runs).
+    """
+    auto = cfg.resume == "auto"
+    resume = (run_dir / LAST).exists() if auto else bool(cfg.resume)
+    prepare_run_dir(run_dir, resume, restart_ok=auto)
+    if resume and (run_dir / SUMMARY).exists():
         import json
 
         done = json.loads((run_dir / SUMMARY).read_text())
@@ -303,8 +314,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             log.info(f"{run_dir} is already complete; nothing to do")
             return done
     run = Run(cfg, run_dir)
-    if cfg.resume:
+    if resume:
         run.restore()
+    else:
+        run.metrics.truncate(0)  # resume=auto: rows of a run killed before its first checkpoint
     failed = True
     try:
         run.run_id = run.mirror.start(run_dir, run.config, run.run_id)
