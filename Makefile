@@ -4,10 +4,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+SEEDS ?= 3
+TABLE ?= all
+EPOCHS ?=
+PROTOCOLS ?= clean original
+REPRODUCE = $(BIN)/python scripts/reproduce.py --seeds $(SEEDS) --protocols $(PROTOCOLS) $(if $(EPOCHS),--epochs $(EPOCHS))
 ARGS ?=
+SEEDS ?= 3
+TABLE ?= all
+EPOCHS ?=
+PROTOCOLS ?= clean original
+REPRODUCE = $(BIN)/python scripts/reproduce.py --seeds $(SEEDS) --protocols $(PROTOCOLS) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train lint format test test-full clean
+.PHONY: help install train reproduce reproduce-mini lint format test test-full clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,6 +31,12 @@ install: $(BIN)/python ## Create .venv, install the pinned requirements and the 
 
 train: ## Train the default job (P4CNN on the embedded rotmnist_mini, CPU); ARGS="key=value ..." overrides
 	$(BIN)/python -m attentive_gcnn.train $(ARGS)
+
+reproduce: ## The paper's tables: TABLE=all|rotmnist|cifar10|pcam, SEEDS=3, PROTOCOLS="clean original", EPOCHS=
+	$(REPRODUCE) --table $(TABLE) $(ARGS)
+
+reproduce-mini: ## The Table 1 analogue on the embedded rotmnist_mini (SEEDS=, PROTOCOLS=, EPOCHS= as above)
+	$(REPRODUCE) --table mini $(ARGS)
 
 lint: ## ruff check and format check
 	$(BIN)/ruff check src tests scripts

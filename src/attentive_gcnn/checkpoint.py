@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from attentive_gcnn.errors import UserError
 from attentive_gcnn.models.registry import build_from_config, model_config
 from attentive_gcnn.runlog import file_mode
 
@@ -60,8 +61,22 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild the model stored in a checkpoint, with its weights."""
-    ckpt = load_checkpoint(path)
+    """Rebuild the model stored in a checkpoint, with its weights (in eval mode)."""
+    return load_model_checkpoint(path)[0]
+
+
+def load_model_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """The model of a checkpoint of this project with its weights, in eval mode, and the checkpoint dict.
+
+    A missing file, or one that is not a checkpoint of this project, raises :class:`UserError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     model = build_from_config(OmegaConf.create(ckpt["net"]))
     model.load_state_dict(ckpt["state_dict"])
-    return model
+    return model.eval(), ckpt

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attentive_gcnn.checkpoint import load_checkpoint, save_checkpoint
+from attentive_gcnn.checkpoint import load_checkpoint, load_model_checkpoint, save_checkpoint
 from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models.kit import count_parameters
@@ -346,15 +346,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     """``eval_only=true``: test the checkpoint at ``ckpt_path`` on the dataset's test split."""
     prepare_run_dir(run_dir, resume=False)
     path = Path(cfg.ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={path} does not exist")
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    model, ckpt = load_model_checkpoint(path)
     device = pick_device(cfg.device)
-    model = build_from_config(OmegaConf.create(ckpt["net"]))
-    model.load_state_dict(ckpt["state_dict"])
     source = make_source(cfg.dataset.source)
     check_fits(model, ckpt["model"], source, cfg.dataset)
     splits = source.splits(cfg.protocol)

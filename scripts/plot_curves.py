@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Plot learning curves: per experiment, the mean over seeds per epoch with a band, from the runs' metrics.csv.
+
+    python scripts/plot_curves.py --runs outputs/reproduce --select 'table1/*p4cnn' --protocol original
+    python scripts/plot_curves.py --runs outputs/reproduce --select table1/p4cnn table1/a_p4cnn --split test \\
+        --authors-history ../shared/authors_release --out results/figures/table1_p4cnn.png
+
+Experiments are chosen by glob patterns on the experiment name (``name`` in summary.json). The split defaults
+to each run's selection split (valid for protocol clean, test for original on rot-MNIST and CIFAR-10). The
+authors' released numbers (``results/reference/released_runs.csv``) of the plotted experiments are drawn as
+dashed horizontal lines (accuracy only: the best "val" accuracy, or the test accuracy when the test split is
+plotted); ``--authors-history DIR`` overlays their released per-epoch logs (``*_history.npy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attentive_gcnn.results import (
+    ResultsError,
+    Run,
+    find_runs,
+    group_runs,
+    read_csv,
+    read_metrics,
+    select_runs,
+    select_split,
+    series,
+    warn,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REFERENCE = ROOT / "results/reference/released_runs.csv"
+# experiment -> (the authors' released history file, its seed); see authors_release/README.md
+HISTORY = {
+    "table1/z2cnn": ("rotmnist_z2cnn_history.npy", 0),
+    "table1/p4cnn": ("rotmnist_p4cnn_history.npy", 0),
+    "table1/a_p4cnn": ("rotmnist_att_p4cnn_history.npy", 0),
+    "table1/fa_p4cnn": ("rotmnist_f_att_p4cnn_history.npy", 0),
+    "table2/fa_p4m_allcnnc_cifar10_aug": ("cifar10_f_att_p4m_allcnnc_history.npy", 0),
+    "table3/p4m_densenet": ("pcam_p4m_densenet_history.npy", 1),
+}
+HISTORY_ROW = {("accuracy", False): 0, ("loss", False): 1, ("accuracy", True): 2, ("loss", True): 3}  # (, train?)
+BANDS = {"minmax": "min–max over seeds", "std": "±1 sample std over seeds"}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One experiment's curve: per epoch, the mean over seeds and the band's lower and upper edges."""
+
+    name: str
+    split: str
+    n: int
+    epochs: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def scale(metric: str) -> float:
+    """Accuracies are plotted in percent."""
+    return 100.0 if metric == "accuracy" else 1.0
+
+
+def make_curve(name: str, runs: list[Run], split: str, metric: str, band: str) -> Curve | None:
+    """Mean and band over the seeds that have a value at each epoch; None if no run has the split."""
+    per_seed, splits = [], set()
+    for run in runs:
+        rows = read_metrics(run)
+        chosen = select_split(run, rows) if split == "select" else split
+        values = series(rows, chosen, metric)
+        if values:
+            per_seed.append(values)
+            splits.add(chosen)
+    if not per_seed:
+        warn(f"{name}: no '{split}' rows in metrics.csv; not plotted")
+        return None
+    epochs = np.array(sorted(set().union(*per_seed)))
+    stacked = [np.array([s[e] for s in per_seed if e in s]) * scale(metric) for e in epochs]
+    mean = np.array([v.mean() for v in stacked])
+    if band == "minmax":
+        low, high = np.array([v.min() for v in stacked]), np.array([v.max() for v in stacked])
+    else:
+        std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in stacked])
+        low, high = mean - std, mean + std
+    return Curve(name, "/".join(sorted(splits)), len(per_seed), epochs, mean, low, high)
+
+
+def reference_lines(path: Path | None, curve: Curve, metric: str) -> list[tuple[float, str]]:
+    """The authors' released numbers for this experiment as (value, label): accuracy on a non-train split only."""
+    if path is None or metric != "accuracy" or curve.split == "train":
+        return []
+    wanted = "test_accuracy" if curve.split == "test" else "best_val_accuracy"
+    rows = [r for r in read_csv(path) if r["experiment"] == curve.name and r["metric"] == wanted]
+    what = "test accuracy" if wanted == "test_accuracy" else "best 'val' accuracy"
+    return [
+        (float(r["value"]) * 100, f"authors' {what}, {r['run']} seed {r['seed']} ({r['protocol']} protocol)")
+        for r in rows
+    ]
+
+
+def authors_history(directory: Path | None, curve: Curve, metric: str) -> tuple[np.ndarray, str] | None:
+    """The authors' released per-epoch values for this experiment's metric and split, with a label."""
+    if directory is None or curve.name not in HISTORY:
+        return None
+    file, seed = HISTORY[curve.name]
+    if not (directory / file).is_file():
+        warn(f"{directory / file} not found; no authors' log for {curve.name}")
+        return None
+    history = np.load(directory / file)
+    return history[HISTORY_ROW[metric, curve.split == "train"]] * scale(metric), f"authors' released log (seed {seed})"
+
+
+def plot(curves: list[Curve], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, curve in enumerate(curves):
+        color = colors[i % len(colors)]
+        ax.plot(curve.epochs, curve.mean, color=color, lw=1.6, label=f"{curve.name} (n={curve.n})")
+        if curve.n > 1:
+            ax.fill_between(curve.epochs, curve.low, curve.high, color=color, alpha=0.2, lw=0)
+        for value, label in reference_lines(args.reference, curve, args.metric):
+            ax.axhline(value, color=color, ls="--", lw=1.0, label=f"{curve.name}: {label}")
+        history = authors_history(args.authors_history, curve, args.metric)
+        if history is not None:
+            values, label = history
+            ax.plot(
+                np.arange(1, len(values) + 1), values, color=color, lw=0.7, alpha=0.8, label=f"{curve.name}: {label}"
+            )
+    splits = "/".join(sorted({c.split for c in curves}))
+    ax.set_title(
+        f"{args.metric} on {splits} ({args.protocol} protocol); line: mean over seeds, band: {BANDS[args.band]}",
+        fontsize=10,
+    )
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy (%)" if args.metric == "accuracy" else "loss")
+    if args.ylim:
+        ax.set_ylim(*args.ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=150)
+    plt.close(fig)
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "+".join(args.select)).strip("-") or "curves"
+    return ROOT / "results/figures" / f"{slug}_{args.protocol}_{args.split}_{args.metric}.png"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", required=True, type=Path, help="directory searched recursively for runs")
+    parser.add_argument("--select", required=True, nargs="+", metavar="PATTERN", help="glob(s) on experiment names")
+    parser.add_argument("--protocol", default="clean", help="the protocol of the runs to plot (default: clean)")
+    parser.add_argument("--metric", choices=("accuracy", "loss"), default="accuracy")
+    parser.add_argument(
+        "--split", choices=("select", "valid", "test", "train"), default="select", help="default: the selection split"
+    )
+    parser.add_argument("--band", choices=tuple(BANDS), default="minmax", help="band over seeds (default: minmax)")
+    parser.add_argument("--ylim", nargs=2, type=float, metavar=("LOW", "HIGH"), help="y-axis range, e.g. 95 99")
+    parser.add_argument("--out", type=Path, help="PNG to write (default: results/figures/<patterns>_....png)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing PNG")
+    parser.add_argument("--reference", type=Path, help=f"released numbers CSV (default: {DEFAULT_REFERENCE})")
+    parser.add_argument("--no-reference", action="store_true", help="draw no reference lines")
+    parser.add_argument("--authors-history", type=Path, metavar="DIR", help="overlay the authors' *_history.npy")
+    parser.add_argument(
+        "--include-incomplete", action="store_true", help="also plot unfinished runs (named by .hydra/config.yaml)"
+    )
+    args = parser.parse_args(argv)
+    args.out = args.out or default_out(args)
+    return args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Refuse to overwrite, and reject missing reference inputs, before reading any run."""
+    if args.out.suffix.lower() != ".png":
+        raise ResultsError(f"--out {args.out} must end in .png")
+    if args.out.exists() and not args.force:
+        raise ResultsError(f"{args.out} exists; pass --force to overwrite it")
+    if args.no_reference:
+        args.reference = None
+    elif args.reference is None:
+        args.reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_file() else None
+    elif not args.reference.is_file():
+        raise ResultsError(f"--reference {args.reference} does not exist")
+    if args.authors_history is not None and not args.authors_history.is_dir():
+        raise ResultsError(f"--authors-history {args.authors_history} is not a directory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_inputs(args)
+        runs = find_runs(args.runs, incomplete=args.include_incomplete)
+        chosen = select_runs(runs, args.select, args.protocol)
+        if not chosen:
+            have = sorted({f"{r.name} ({r.protocol})" for r in runs}) or ["none"]
+            raise ResultsError(
+                f"no runs under {args.runs} match {' '.join(args.select)} with protocol {args.protocol}; "
+                f"found: {', '.join(have)}"
+            )
+        groups = group_runs(chosen)
+        curves = [
+            c for (name, _), rs in groups.items() if (c := make_curve(name, rs, args.split, args.metric, args.band))
+        ]
+        if not curves:
+            raise ResultsError(f"the matching runs have no '{args.split}' rows in their metrics.csv")
+        plot(curves, args)
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

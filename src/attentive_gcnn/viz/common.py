@@ -1,0 +1,145 @@
+"""What the figure scripts share: a checkpoint's model, a dataset split, (de)normalisation, output files, errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
+from attentive_gcnn.errors import UserError
+from attentive_gcnn.models.registry import CONFIG_DIR
+
+SPLITS = ("train", "valid", "test")
+
+
+def dataset_names() -> list[str]:
+    """The dataset configs (``configs/dataset/NAME.yaml``), sorted."""
+    return sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+
+
+@dataclass
+class SplitData:
+    """One split of a dataset: items ``(x float32 [C, H, W] normalised, y)`` and the normalisation used."""
+
+    dataset: Dataset
+    normalization: dict  # {"mean": [C or 1 floats], "std": [...]}
+    name: str  # the dataset config name
+    split: str
+    source: object
+    config: DictConfig  # the dataset config node
+
+
+def load_split(
+    dataset: str = "rotmnist_mini",
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> SplitData:
+    """``split`` (train, valid or test) of the clean protocol (SPEC 6.4) of dataset config ``dataset``.
+
+    ``data_dir`` sets ``paths.data_dir`` (default: the trainer's, ``$AGCNN_DATA_DIR`` or ``./data``);
+    ``overrides`` are further Hydra overrides (e.g. ``dataset.source.sizes={train:30,test:8}``). Missing or
+    broken data raise :class:`UserError` (``DataError``) with the command that fetches it.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from attentive_gcnn.data import make_source
+
+    if dataset not in dataset_names():
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(dataset_names())}")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={dataset}", *overrides])
+    if data_dir is not None:  # set after composing: any path, no override grammar to escape
+        cfg.paths.data_dir = str(Path(data_dir).resolve())
+    source = make_source(cfg.dataset.source)
+    splits = source.splits("clean")
+    ds = {"train": splits.train, "valid": splits.select, "test": splits.test}[split]
+    return SplitData(ds, dict(splits.normalization), dataset, split, source, cfg.dataset)
+
+
+def check_model_fits(model: nn.Module, model_name: str, data: SplitData) -> None:
+    """The model must take the dataset's input shape and classes (:class:`UserError` otherwise)."""
+    from attentive_gcnn.train import check_fits
+
+    check_fits(model, model_name, data.source, data.config)
+
+
+def _stats(normalization: dict, x: Tensor) -> tuple[Tensor, Tensor]:
+    mean = torch.as_tensor(normalization["mean"], dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    std = torch.as_tensor(normalization["std"], dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    return mean, std
+
+
+def denormalize(x: Tensor, normalization: dict) -> Tensor:
+    """``x * std + mean`` per channel: ``[..., C, H, W]`` normalised -> the images as stored (MNIST-rot: 0..1)."""
+    mean, std = _stats(normalization, x)
+    return x * std + mean
+
+
+def normalize(x: Tensor, normalization: dict) -> Tensor:
+    """``(x - mean) / std`` per channel, the inverse of :func:`denormalize`."""
+    mean, std = _stats(normalization, x)
+    return (x - mean) / std
+
+
+def prepare_output(paths: Sequence[str | Path], force: bool) -> list[Path]:
+    """Refuse to replace an existing output unless ``force``; create the parent directories."""
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if p.exists() and not force:
+            raise UserError(f"{p} exists; pass --force to replace it")
+    for p in paths:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {p.parent} ({e.strerror})") from None
+    return paths
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 150) -> Path:
+    """Write ``fig`` as a PNG atomically (a temporary file renamed into place) and close it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        pyplot().close(fig)
+    return path
+
+
+def report_user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a script's ``main``: a :class:`UserError` becomes one ``error:`` line on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped

@@ -1,0 +1,233 @@
+"""scripts/visualize_attention.py, scripts/eval_rotations.py and their library, attentive_gcnn.viz."""
+
+import csv
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attentive_gcnn.checkpoint import model_payload, save_checkpoint
+from attentive_gcnn.groups import P4, P4M
+from attentive_gcnn.models import RotMNISTNet, build, from_authors_checkpoint
+from attentive_gcnn.viz import (
+    combined_spatial_attention,
+    load_split,
+    orientation_vectors,
+    parse_angles,
+    rotate_batch,
+    rotation_errors,
+    spatial_attention_modules,
+)
+from tests.conftest import authors_release_dir, needs_authors_release, rel_err
+from tests.data_fixtures import write_cifar10
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rot(t, k=1):
+    return torch.rot90(t, k, dims=(-2, -1))
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Random-weight checkpoints of a few rot-MNIST models, by model name."""
+    root = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    return {
+        name: save_checkpoint(root / f"{name}.ckpt", model_payload(name, build(name)))
+        for name in ("fa_p4cnn", "p4cnn", "z2cnn", "a_p4cnn")
+    }
+
+
+# ------------------------------------------------------------------------------------------- combined maps
+def test_combined_map_of_p4_model_rotates_and_shifts_orientations():
+    model = build("fa_p4cnn").double()
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    m, m_rot = combined_spatial_attention(model, x), combined_spatial_attention(model, rot(x))
+    assert m.shape == (3, 1, 4, 28, 28) and m.dtype == torch.float64
+    assert m.min() > 0 and m.max() < 1
+    # SPEC 2: out'[:, :, j] = rot90(out[:, :, (j - 1) mod 4]), i.e. roll the H axis by +1, then rot90
+    assert rel_err(m_rot, rot(torch.roll(m, 1, dims=2))) < 1e-10
+    # negative controls: no shift, or the opposite shift
+    assert rel_err(m_rot, rot(m)) > 0.1
+    assert rel_err(m_rot, rot(torch.roll(m, -1, dims=2))) > 0.1
+    error, control = rotation_errors(P4, m, m_rot)
+    assert error < 1e-10 and control == pytest.approx(rel_err(m_rot, rot(torch.roll(m, -1, dims=2))))
+    # the lifting layer's planar map is one factor, broadcast over H
+    lifting = model.c1.spatial_attention.attention_map  # [B, 1, 28, 28] of the last pass: rot90(x)
+    without = combined_spatial_attention(model, rot(x), skip_lifting=True)
+    assert rel_err(without * lifting.unsqueeze(2), m_rot) < 1e-12
+    assert model.training  # the model's mode is restored
+
+
+def test_combined_map_of_p4m_model_follows_the_d4_permutations():
+    model = RotMNISTNet(group="p4m", attention="f", first_spatial_dilation=4).double()
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    m = combined_spatial_attention(model, x)
+    assert m.shape == (2, 1, 8, 28, 28)
+    # SPEC 2 table: out'[:, :, j] = T(out[:, :, perm[j]])
+    rot_perm, flip_perm = [3, 0, 1, 2, 5, 6, 7, 4], [4, 5, 6, 7, 0, 1, 2, 3]
+    assert rel_err(combined_spatial_attention(model, rot(x)), rot(m[:, :, rot_perm])) < 1e-10
+    flipped = combined_spatial_attention(model, torch.flip(x, dims=(-2,)))
+    assert rel_err(flipped, torch.flip(m[:, :, flip_perm], dims=(-2,))) < 1e-10
+    assert rel_err(flipped, torch.flip(m, dims=(-2,))) > 0.1
+    assert rotation_errors(P4M, m, combined_spatial_attention(model, rot(x)))[0] < 1e-10
+
+
+@needs_authors_release
+def test_released_alpha_f_p4cnn_maps_on_the_reference_digits():
+    release = authors_release_dir()
+    model = from_authors_checkpoint(release / "rotmnist_f_att_p4cnn.pth", "fa_p4cnn").double()
+    inputs = torch.from_numpy(np.load(release / "reference_outputs.npz")["rotmnist_inputs"])
+    x, x_rot = inputs[:16], inputs[16:]  # rows 16-31 are rows 0-15 rotated by +90 degrees
+    error, control = rotation_errors(P4, combined_spatial_attention(model, x), combined_spatial_attention(model, x_rot))
+    assert error < 1e-10 and control > 0.3
+
+
+def test_models_without_input_attention_maps_are_refused():
+    with pytest.raises(ValueError, match="no spatial attention maps"):
+        spatial_attention_modules(build("p4cnn"))
+    with pytest.raises(ValueError, match="full attention"):
+        spatial_attention_modules(build("a_p4cnn"))
+    assert len(spatial_attention_modules(build("romhog_p4cnn"))) == 7
+
+
+def test_orientation_arrows():
+    up, left, down, right = (-1, 0), (0, -1), (1, 0), (0, 1)
+    assert [tuple(v) for v in orientation_vectors(P4).tolist()] == [up, left, down, right]
+    # the mirror half: rotate, then reverse the rows
+    assert [tuple(v) for v in orientation_vectors(P4M).tolist()] == [up, left, down, right, down, left, up, right]
+
+
+# ------------------------------------------------------------------------------------------------ rotations
+def test_parse_angles_and_rotate_batch():
+    assert parse_angles("0:360:45") == [0, 45, 90, 135, 180, 225, 270, 315]
+    assert parse_angles("0:360:90") == [0, 90, 180, 270] and parse_angles("10,-90") == [10, -90]
+    for bad in ("0:360", "0:360:0", "90:0:10", "a,b"):
+        with pytest.raises(ValueError, match="angles"):
+            parse_angles(bad)
+    norm = {"mean": [0.13], "std": [0.3]}
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(rotate_batch(x, 90, norm), rot(x)) and torch.equal(rotate_batch(x, -90, norm), rot(x, 3))
+    assert torch.equal(rotate_batch(x, 360, norm), x)
+    # other angles rotate the stored image (background 0): the corners fill with the normalised 0
+    blank = torch.full((1, 1, 28, 28), -0.13 / 0.3)
+    assert torch.allclose(rotate_batch(blank, 45, norm), blank, atol=1e-6)
+    y = rotate_batch(torch.ones(1, 1, 28, 28), 45, norm)
+    assert y[0, 0, 0, 0] == pytest.approx(-0.13 / 0.3) and y[0, 0, 14, 14] == pytest.approx(1.0, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- scripts
+def test_visualize_attention_writes_the_figure(ckpts, tmp_path, capsys):
+    out = tmp_path / "figs" / "att.png"
+    viz = script("visualize_attention")
+    assert viz.main([str(ckpts["fa_p4cnn"]), "--index", "0", "5", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    errors = [float(e) for e in re.findall(r"relative error ([0-9.e+-]+)", printed)]
+    controls = [float(e) for e in re.findall(r"wrong orientation shift: ([0-9.e+-]+)", printed)]
+    assert len(errors) == 2 and max(errors) < 1e-5 and min(controls) > 0.1
+    assert f"wrote {out}" in printed
+    # no overwrite without --force
+    before = out.read_bytes()
+    assert viz.main([str(ckpts["fa_p4cnn"]), "--index", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--force" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
+    assert viz.main([str(ckpts["fa_p4cnn"]), "--index", "1", "--out", str(out), "--force", "--skip-lifting"]) == 0
+    assert out.read_bytes() != before
+
+
+def test_visualize_attention_p4m_figure_has_both_halves(tmp_path):
+    viz = script("visualize_attention")
+    model = RotMNISTNet(group="p4m", attention="f")
+    x = torch.randn(1, 1, 28, 28)
+    m, m_rot = combined_spatial_attention(model, x), combined_spatial_attention(model, rot(x))
+    fig = viz.attention_figure([x[0, 0].numpy(), rot(x)[0, 0].numpy()], m, m_rot, P4M, ["t"], "p4m")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 6 and sum("m=-1" in t for t in titles) == 2
+    viz.save_figure(fig, tmp_path / "p4m.png")
+    assert (tmp_path / "p4m.png").is_file()
+
+
+def test_visualize_attention_p4m_model_on_rgb_images(tmp_path, monkeypatch, capsys):
+    written = write_cifar10(tmp_path / "data", n_per_batch=2, n_test=3)
+    sizes = "{" + ",".join(f"{k}:{v}" for k, v in written.sizes.items()) + "}"
+    overrides = [f"dataset.source.sizes={sizes}", f"dataset.source.val_size={written.extra['val_size']}"]
+    viz = script("visualize_attention")
+    monkeypatch.setattr(viz, "load_split", lambda *a: load_split(*a, overrides=overrides))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.ckpt", model_payload("fa_p4m_allcnnc", build("fa_p4m_allcnnc")))
+    out = tmp_path / "p4m.png"
+    argv = [str(ckpt), "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--index", "2", "--out", str(out)]
+    assert viz.main(argv) == 0
+    errors = [float(e) for e in re.findall(r"relative error ([0-9.e+-]+)", capsys.readouterr().out)]
+    assert len(errors) == 1 and errors[0] < 1e-5
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("model", "message"), [("p4cnn", "no spatial attention maps"), ("a_p4cnn", "full attention"), (None, "exist")]
+)
+def test_visualize_attention_errors(ckpts, tmp_path, capsys, model, message):
+    path = ckpts[model] if model else tmp_path / "missing.ckpt"
+    out = tmp_path / "x.png"
+    assert script("visualize_attention").main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_visualize_attention_cli_reports_a_missing_checkpoint_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "visualize_attention.py"), str(tmp_path / "nope.ckpt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nope.ckpt'} does not exist"]
+
+
+def test_eval_rotations_writes_csv_and_png(ckpts, tmp_path, capsys):
+    out = tmp_path / "figs" / "rot"
+    evr = script("eval_rotations")
+    args = [str(ckpts["z2cnn"]), str(ckpts["p4cnn"]), "--limit", "64", "--angles", "0:360:45", "--out", str(out)]
+    assert evr.main([*args, "--device", "cpu"]) == 0
+    with open(f"{out}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["checkpoint", "model", "angle_deg", "accuracy", "n"]
+    assert [(r["model"], r["angle_deg"]) for r in rows] == [
+        (m, str(a)) for m in ("z2cnn", "p4cnn") for a in range(0, 360, 45)
+    ]
+    assert {r["n"] for r in rows} == {"64"} and rows[0]["checkpoint"] == str(ckpts["z2cnn"])
+    acc = {(r["model"], int(r["angle_deg"])): float(r["accuracy"]) for r in rows}
+    assert all(0 <= a <= 1 for a in acc.values())
+    assert acc["p4cnn", 0] == acc["p4cnn", 90] == acc["p4cnn", 180] == acc["p4cnn", 270]  # exact rot90
+    assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "wrote" in capsys.readouterr().out
+    assert evr.main(args) == 2  # both outputs exist
+    assert "--force" in capsys.readouterr().err
+
+
+def test_eval_rotations_labels_and_errors(ckpts, tmp_path, capsys):
+    evr = script("eval_rotations")
+    paths = [Path("runs/a/best.ckpt"), Path("runs/b/best.ckpt"), Path("runs/c/best.ckpt")]
+    assert evr.labels_for(paths, ["p4cnn", "p4cnn", "z2cnn"]) == ["p4cnn (a)", "p4cnn (b)", "z2cnn"]
+    assert evr.main([str(ckpts["p4cnn"]), "--angles", "0:90", "--out", str(tmp_path / "r")]) == 2
+    assert "error: angles" in capsys.readouterr().err
+    assert evr.main([str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

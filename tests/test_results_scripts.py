@@ -1,0 +1,299 @@
+"""results/paper.csv, results/reference/*.csv, scripts/make_tables.py and scripts/plot_curves.py on synthetic runs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attentive_gcnn.models import model_config, model_names
+from attentive_gcnn.results import find_runs
+from tests.conftest import authors_release_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER, RELEASED = ROOT / "results/paper.csv", ROOT / "results/reference/released_runs.csv"
+COHEN = ROOT / "results/reference/cohen_welling_2016.csv"
+TABLE1 = ["z2cnn", "p4cnn", "a_p4cnn", "fa_p4cnn", "a_ch_p4cnn", "a_sp_p4cnn", "romhog_p4cnn"]
+TABLE1 += ["p4cnn_w11", "p4cnn_w15", "p4cnn_w19"]
+TABLE2 = ["allcnnc", "p4_allcnnc", "fa_p4_allcnnc", "p4m_allcnnc", "fa_p4m_allcnnc", "resnet44", "p4m_resnet44"]
+TABLE2 += ["fa_p4m_resnet44"]
+TABLE3 = ["densenet", "p4_densenet", "fa_p4_densenet", "p4m_densenet", "fa_p4m_densenet"]
+
+
+def script(name: str):
+    """Import ``scripts/NAME.py`` as a module (registered in sys.modules, as dataclasses need)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------- synthetic runs
+def write_run(root, name, protocol, seed, error, last_error=None, epochs=3, params=24610, where=None, mode="train"):
+    """A run directory as train.py leaves it: summary.json and metrics.csv (accuracy rising by 1 pp per epoch)."""
+    run_dir = root / (where or f"{name}/{protocol}/seed{seed}")
+    run_dir.mkdir(parents=True)
+    select = "valid" if protocol == "clean" else "test"
+    last_error = error if last_error is None else last_error
+    summary = {
+        "status": "complete",
+        "mode": mode,
+        "name": name,
+        "model": name.split("/")[-1],
+        "paper_name": "synthetic",
+        "dataset": "rotmnist",
+        "protocol": protocol,
+        "seed": seed,
+        "epochs": epochs,
+        "best_epoch": epochs,
+        "select_split": select,
+        "test_error": error,
+        "last_test_error": last_error,
+        "params": params,
+        "wall_time_s": 60.0 * (seed + 1),
+        "git_sha": "abc123",
+        "environment": {"device_name": "Test GPU"},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    lines = ["epoch,split,loss,accuracy,lr,time_s"]
+    for e in range(1, epochs + 1):
+        acc = 0.9 + 0.01 * e + 0.001 * seed
+        lines += [f"{e},train,{1 / e},{acc},0.001,1.0", f"{e},{select},{1.5 / e},{acc - 0.005},0.001,0.5"]
+    lines += [f"{epochs},test_last,0.1,{1 - last_error / 100},0.001,0.5", f"{epochs},test_best,0.1,0.9,0.001,0.5"]
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (err, last) in enumerate([(2.0, 2.1), (2.5, 2.2), (3.0, 2.3)]):
+        write_run(root, "table1/p4cnn", "clean", seed, err, last)
+    for seed, err in enumerate([1.0, 2.0, 3.0]):
+        write_run(root, "table1/a_p4cnn", "clean", seed, err, params=73130)
+    write_run(root, "table1/p4cnn", "original", 0, 2.25)
+    write_run(root, "table1/zz_extra", "clean", 0, 5.0, params=1000)
+    write_run(root, "mini/p4cnn", "clean", 0, 40.0)
+    write_run(root, "table1/p4cnn", "clean", 7, 9.0, mode="eval", where="evals/x")  # not a training run
+    return root
+
+
+def make_tables(argv, capsys):
+    rc = script("make_tables").main(argv)
+    return rc, capsys.readouterr()
+
+
+def by_key(rows):
+    return {(r["experiment"], r["protocol"]): r for r in rows}
+
+
+# ------------------------------------------------------------------------------------------- make_tables
+def test_make_tables_statistics_join_and_order(runs_dir, tmp_path, capsys):
+    out = tmp_path / "tables"
+    rc, io = make_tables(["--runs", str(runs_dir), "--out", str(out)], capsys)
+    assert rc == 0, io.err
+    assert sorted(p.name for p in out.iterdir()) == ["mini.csv", "mini.md", "table1.csv", "table1.md"]
+    rows = read_rows(out / "table1.csv")
+    keys = [(r["experiment"], r["protocol"]) for r in rows]
+    assert keys == [  # paper.csv order, clean before original, then experiments not in the paper by name
+        ("table1/p4cnn", "clean"),
+        ("table1/p4cnn", "original"),
+        ("table1/a_p4cnn", "clean"),
+        ("table1/zz_extra", "clean"),
+    ]
+    got = by_key(rows)
+    p4 = got["table1/p4cnn", "clean"]
+    assert (p4["n"], p4["seeds"], p4["epochs"]) == ("3", "0,1,2", "3")
+    assert (p4["test_error_mean"], p4["test_error_std"]) == ("2.5", "0.5")
+    assert (p4["last_test_error_mean"], p4["last_test_error_std"]) == ("2.2", "0.1")
+    assert (p4["paper_error"], p4["paper_std"], p4["diff_mean_minus_paper"]) == ("2.048", "0.045", "0.452")
+    assert (p4["params"], p4["wall_time_s_mean"], p4["devices"]) == ("24610", "120", "Test GPU")
+    a = got["table1/a_p4cnn", "clean"]
+    assert (a["test_error_mean"], a["test_error_std"], a["diff_mean_minus_paper"]) == ("2", "1", "0.304")
+    single = got["table1/p4cnn", "original"]
+    assert (single["n"], single["test_error_mean"], single["test_error_std"]) == ("1", "2.25", "")
+    extra = got["table1/zz_extra", "clean"]
+    assert (extra["paper_error"], extra["diff_mean_minus_paper"], extra["paper_name"]) == ("", "", "synthetic")
+
+    md = (out / "table1.md").read_text()
+    assert f"Built from `{runs_dir}`: 8 run(s) in this table, 9 in all." in md
+    assert "`Test GPU`" in md and "`abc123`" in md and "python scripts/make_tables.py --runs" in md
+    assert "| `table1/p4cnn` | P4CNN | clean | 3 | 3 | 2.500 ± 0.500 | 2.200 ± 0.100 | 2.048 ± 0.045 | +0.452 |" in md
+    assert "`table1/z2cnn`" in md.split("No runs here for:")[1]  # paper rows without runs are listed
+
+
+def test_make_tables_mini_is_labelled_not_comparable(runs_dir, tmp_path, capsys):
+    out = tmp_path / "tables"
+    assert make_tables(["--runs", str(runs_dir), "--out", str(out)], capsys)[0] == 0
+    (row,) = read_rows(out / "mini.csv")
+    assert row["paper_rotmnist_not_comparable_error"] == "2.048" and "diff_mean_minus_paper" not in row
+    assert "paper % (rot-MNIST, not comparable)" in (out / "mini.md").read_text()
+
+
+def test_make_tables_is_idempotent(runs_dir, tmp_path, capsys):
+    out = tmp_path / "tables"
+    argv = ["--runs", str(runs_dir), "--out", str(out)]
+    assert make_tables(argv, capsys)[0] == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert make_tables(argv, capsys)[0] == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_make_tables_warns_about_differing_epochs(tmp_path, capsys):
+    write_run(tmp_path / "runs", "table1/fa_p4cnn", "clean", 0, 2.0, epochs=3)
+    write_run(tmp_path / "runs", "table1/fa_p4cnn", "clean", 1, 2.0, epochs=5)
+    rc, io = make_tables(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t")], capsys)
+    assert rc == 0 and "warning: table1/fa_p4cnn (clean): runs differ in the number of epochs: 3, 5" in io.err
+    assert read_rows(tmp_path / "t/table1.csv")[0]["epochs"] == "3/5"
+
+
+def test_make_tables_errors(runs_dir, tmp_path, capsys):
+    copy = shutil.copytree(runs_dir / "table1/p4cnn/clean/seed1", runs_dir / "again/seed1")
+    rc, io = make_tables(["--runs", str(runs_dir), "--out", str(tmp_path / "t")], capsys)
+    assert rc == 2 and io.err.startswith("error: duplicate runs")
+    assert str(copy) in io.err and str(runs_dir / "table1/p4cnn/clean/seed1") in io.err
+    (tmp_path / "empty").mkdir()
+    rc, io = make_tables(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "t2")], capsys)
+    assert rc == 2 and io.err.startswith("error: no complete training runs") and not (tmp_path / "t2").exists()
+
+
+def test_find_runs_reads_identity_from_the_files(runs_dir):
+    runs = find_runs(runs_dir)
+    assert len(runs) == 9 and all(r.complete for r in runs)
+    assert [r.key for r in runs][:2] == [("mini/p4cnn", "clean", 0), ("table1/a_p4cnn", "clean", 0)]
+
+
+def test_find_runs_can_include_unfinished_runs(tmp_path):
+    run_dir = write_run(tmp_path, "table1/p4cnn", "clean", 3, 2.0)
+    (run_dir / "summary.json").unlink()
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra/config.yaml").write_text("name: table1/p4cnn\nseed: 3\nprotocol: clean\n")
+    assert find_runs(tmp_path) == []
+    (run,) = find_runs(tmp_path, incomplete=True)
+    assert run.key == ("table1/p4cnn", "clean", 3) and not run.complete
+
+
+# ---------------------------------------------------------------------------------------- the CSV files
+def expected_experiments() -> list[tuple[str, str, str, str]]:
+    """(table, experiment, model, dataset) of every row paper.csv must have, in order."""
+    rows = [("table1", f"table1/{m}", m, "rotmnist") for m in TABLE1]
+    rows += [("table2", f"table2/{m}_{d}", m, d) for m in TABLE2 for d in ("cifar10", "cifar10_aug")]
+    return rows + [("table3", f"table3/{m}", m, "pcam") for m in TABLE3]
+
+
+def test_paper_csv_has_one_row_per_cell_with_exact_params():
+    rows = read_rows(PAPER)
+    assert [(r["table"], r["experiment"], r["model"], r["dataset"]) for r in rows] == expected_experiments()
+    for r in rows:
+        cfg = model_config(r["model"])
+        assert int(r["params"]) == cfg.params and r["paper_name"] == cfg.paper_name, r["experiment"]
+        assert r["dataset"].startswith(cfg.dataset) and r["source"] and r["note"]
+        if r["paper_error"] == "":
+            assert r["paper_std"] == ""
+    paper = {r["experiment"]: (r["paper_error"], r["paper_std"]) for r in rows}
+    assert paper["table1/p4cnn"] == ("2.048", "0.045") and paper["table1/a_p4cnn"] == ("1.696", "0.021")
+    assert paper["table1/fa_p4cnn"] == ("1.795", "0.028") and paper["table1/z2cnn"] == ("", "")
+    assert (
+        paper["table2/fa_p4m_allcnnc_cifar10"] == ("6.93", "") and paper["table2/fa_p4m_allcnnc_cifar10_aug"][0] == ""
+    )
+    assert paper["table2/p4m_resnet44_cifar10"][0] == "15.72" and paper["table3/fa_p4m_densenet"][0] == "10.88"
+    assert all(paper[f"table2/{m}_cifar10_aug"][0] == "" for m in TABLE2)
+
+
+def test_reference_csvs_parse_and_point_at_paper_rows():
+    experiments = {r["experiment"] for r in read_rows(PAPER)}
+    released = read_rows(RELEASED)
+    assert {r["experiment"] for r in released} <= experiments
+    assert {r["run"] for r in released} == {"z2cnn", "p4cnn", "att_p4cnn", "f_att_p4cnn", "f_att_p4m_allcnnc"} | {
+        "f_att_p4m_densenet"
+    }
+    assert all(r["protocol"] == "original" and r["unit"] and r["source"] for r in released)
+    values = {(r["run"], r["metric"]): float(r["value"]) for r in released}
+    assert values["att_p4cnn", "test_error"] == 1.644 and values["f_att_p4m_densenet", "best_epoch"] == 24
+    assert next(r for r in released if r["run"] == "f_att_p4m_densenet")["experiment"] == "table3/p4m_densenet"
+    cohen = read_rows(COHEN)
+    assert all(float(r["error"]) > 0 for r in cohen)
+    assert {r["model"] for r in cohen} - set(model_names()) == {"p4cnn_rotation_pooling"}
+
+
+@pytest.mark.skipif(authors_release_dir() is None, reason="the authors' release is not available")
+def test_released_runs_agree_with_the_authors_histories():
+    history = script("plot_curves").HISTORY
+    released = read_rows(RELEASED)
+    for experiment, (file, seed) in history.items():
+        h = np.load(authors_release_dir() / file)
+        got = {r["metric"]: float(r["value"]) for r in released if r["experiment"] == experiment}
+        assert int(got["epochs"]) == h.shape[1] and int(got["best_epoch"]) == int(h[0].argmax()) + 1, experiment
+        assert got["best_val_accuracy"] == pytest.approx(h[0].max(), abs=1e-5)
+        assert got["last_epoch_val_accuracy"] == pytest.approx(h[0, -1], abs=1e-5)
+        assert got["mean_last10_val_accuracy"] == pytest.approx(h[0, -10:].mean(), abs=1e-4)
+        assert {int(r["seed"]) for r in released if r["experiment"] == experiment} == {seed}
+
+
+# ------------------------------------------------------------------------------------------- plot_curves
+def plot(argv, capsys):
+    rc = script("plot_curves").main(argv)
+    return rc, capsys.readouterr()
+
+
+def test_plot_curves_writes_a_png_and_refuses_to_overwrite(runs_dir, tmp_path, capsys):
+    out = tmp_path / "figs/curves.png"
+    argv = ["--runs", str(runs_dir), "--select", "table1/*p4cnn", "--out", str(out)]
+    rc, io = plot(argv, capsys)
+    assert rc == 0 and io.out.strip() == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = out.read_bytes()
+    rc, io = plot(argv + ["--metric", "loss", "--band", "std"], capsys)
+    assert rc == 2 and "exists; pass --force" in io.err and out.read_bytes() == before
+    rc, io = plot(argv + ["--metric", "loss", "--band", "std", "--force"], capsys)
+    assert rc == 0 and out.read_bytes() != before
+
+
+def test_plot_curves_errors_when_nothing_matches(runs_dir, tmp_path, capsys):
+    out = tmp_path / "none.png"
+    rc, io = plot(["--runs", str(runs_dir), "--select", "table9/*", "--out", str(out)], capsys)
+    assert rc == 2 and io.err.startswith("error: no runs") and "table1/p4cnn (clean)" in io.err
+    rc, io = plot(["--runs", str(runs_dir), "--select", "mini/*", "--protocol", "original", "--out", str(out)], capsys)
+    assert rc == 2 and not out.exists()
+
+
+@pytest.mark.skipif(authors_release_dir() is None, reason="the authors' release is not available")
+def test_plot_curves_overlays_the_authors_history(runs_dir, tmp_path, capsys):
+    out = tmp_path / "authors.png"
+    argv = [
+        "--runs",
+        str(runs_dir),
+        "--select",
+        "table1/p4cnn",
+        "--protocol",
+        "original",
+        "--out",
+        str(out),
+        "--ylim",
+        "90",
+        "100",
+    ]
+    rc, io = plot(argv + ["--authors-history", str(authors_release_dir())], capsys)
+    assert rc == 0 and out.is_file(), io.err
+
+
+def test_experiment_configs_have_paper_rows():
+    """Every ``configs/experiment/table*/`` experiment name is a row of paper.csv (and so joins in the tables)."""
+    from omegaconf import OmegaConf
+
+    experiments = {r["experiment"] for r in read_rows(PAPER)}
+    names = {OmegaConf.load(p).get("name") for p in sorted((ROOT / "configs/experiment").glob("table*/*.yaml"))}
+    assert names <= experiments
