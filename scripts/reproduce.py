@@ -26,6 +26,7 @@ TABLES = {"rotmnist": ["table1"], "cifar10": ["table2"], "pcam": ["table3"], "mi
 TABLES["all"] = TABLES["rotmnist"] + TABLES["cifar10"] + TABLES["pcam"]
 # The checkpoints the figures of the rot-MNIST-like tables are drawn from (seed 0, protocol clean).
 ROTATION_MODELS = ("z2cnn", "p4cnn", "fa_p4cnn", "a_p4cnn")
+ROTATION_DATASETS = {"table1": "rotmnist", "mini": "rotmnist_mini"}
 ATTENTION_MODEL = "fa_p4cnn"
 
 
@@ -78,56 +79,30 @@ def train_command(
 def figure_commands(table: str, out: Path, figures: Path, overrides: list[str], limit: int) -> list[list[str]]:
     """Curves of every table; for rot-MNIST-like tables also accuracy vs rotation angle and attention maps."""
     py, scripts = sys.executable, REPO / "scripts"
+    curves = ["--runs", str(out), "--select", f"{table}/*", "--protocol", "clean"]
+    cmds = [[py, str(scripts / "plot_curves.py"), *curves, "--out", str(figures / f"{table}_curves.png"), "--force"]]
+    if table not in ROTATION_DATASETS:
+        return cmds
     data_dir = [o.split("=", 1)[1] for o in overrides if o.startswith("paths.data_dir=")]
-    data = ["--data-dir", data_dir[-1]] if data_dir else []
-    cmds = [
-        [
-            py,
-            str(scripts / "plot_curves.py"),
-            "--runs",
-            str(out),
-            "--select",
-            f"{table}/*",
-            "--protocol",
-            "clean",
-            "--out",
-            str(figures / f"{table}_curves.png"),
-            "--force",
-        ]
-    ]
-    if table in ("table1", "mini"):
-        ckpts = [out / table / m / "clean" / "seed0" / "best.ckpt" for m in ROTATION_MODELS]
-        ckpts = [str(c) for c in ckpts if c.is_file()]
-        dataset = "rotmnist_mini" if table == "mini" else "rotmnist"
-        if ckpts:
-            cmds.append(
-                [
-                    py,
-                    str(scripts / "eval_rotations.py"),
-                    *ckpts,
-                    "--dataset",
-                    dataset,
-                    *data,
-                    "--out",
-                    str(figures / f"{table}_rotations"),
-                    "--force",
-                ]
-            )
-        attention = out / table / ATTENTION_MODEL / "clean" / "seed0" / "best.ckpt"
-        if attention.is_file():
-            cmds.append(
-                [
-                    py,
-                    str(scripts / "visualize_attention.py"),
-                    str(attention),
-                    "--dataset",
-                    dataset,
-                    *data,
-                    "--out",
-                    str(figures / f"{table}_attention_{ATTENTION_MODEL}.png"),
-                    "--force",
-                ]
-            )
+    data = ["--dataset", ROTATION_DATASETS[table], *(["--data-dir", data_dir[-1]] if data_dir else [])]
+    best = {m: out / table / m / "clean" / "seed0" / "best.ckpt" for m in ROTATION_MODELS}
+    ckpts = [str(path) for path in best.values() if path.is_file()]
+    if ckpts:
+        rotations = ["--limit", str(limit), "--out", str(figures / f"{table}_rotations"), "--force"]
+        cmds.append([py, str(scripts / "eval_rotations.py"), *ckpts, *data, *rotations])
+    if best[ATTENTION_MODEL].is_file():
+        png = figures / f"{table}_attention_{ATTENTION_MODEL}.png"
+        cmds.append(
+            [
+                py,
+                str(scripts / "visualize_attention.py"),
+                str(best[ATTENTION_MODEL]),
+                *data,
+                "--out",
+                str(png),
+                "--force",
+            ]
+        )
     return cmds
 
 
