@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?= plain_p4cnn p4cnn fa_p4cnn a_p4cnn a_p4_allcnnc --batch-size-for a_p4_allcnnc=16
 SEEDS ?= 3
 TABLE ?= all
 EPOCHS ?=
@@ -17,7 +18,7 @@ PROTOCOLS ?= clean original
 REPRODUCE = $(BIN)/python scripts/reproduce.py --seeds $(SEEDS) --protocols $(PROTOCOLS) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train reproduce reproduce-mini lint format test test-full clean
+.PHONY: help install train reproduce reproduce-mini bench lint format test test-full clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +38,9 @@ reproduce: ## The paper's tables: TABLE=all|rotmnist|cifar10|pcam, SEEDS=3, PROT
 
 reproduce-mini: ## The Table 1 analogue on the embedded rotmnist_mini (SEEDS=, PROTOCOLS=, EPOCHS= as above)
 	$(REPRODUCE) --table mini $(ARGS)
+
+bench: ## Time a training step, an eval forward and peak memory per model; BENCH_ARGS= models and options
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 lint: ## ruff check and format check
 	$(BIN)/ruff check src tests scripts

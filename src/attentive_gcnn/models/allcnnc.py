@@ -18,7 +18,7 @@ class AllCNNC(nn.Module):
     With attention every conv c1..c9 carries it (c1 with ``first_ratio``).
 
     Args:
-        group, attention, wscale, init, haar, combine: see :class:`LayerKit`.
+        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.
         channels: (C1, C2), e.g. (96, 192) z2, (48, 96) p4, (32, 64) p4m.
         ratio, first_ratio, spatial_kernel: attention settings.
         stride2: the authors' layout for c3/c6 (3x3 stride-2 convs, no pool), **not** equivariant at 32x32.
@@ -42,9 +42,10 @@ class AllCNNC(nn.Module):
         init: str = "uniform_fan_in",
         haar: bool = True,
         combine: str = "one_minus_product",
+        attention_impl: str = "lean",
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine)
+        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
         c1, c2 = channels
         att = dict(ratio=ratio, spatial_kernel=spatial_kernel)
         down = dict(stride=2 if stride2 else 1, padding=1)

@@ -32,7 +32,7 @@ class DenseNet(nn.Module):
     mean over (H, X, Y). Maps 94, 92, 46, 44, 22, 20, 10, 8, 4, 2. All convs valid.
 
     Args:
-        group, attention, wscale, init, haar, combine: see :class:`LayerKit` (He init: wscale sqrt 2).
+        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.(He init: wscale sqrt 2).
         growth: n (26 z2, 13 p4, 9 p4m).
         first_dilation, block_kernels, block_dilations, trans_dilations, head_kernel: the alpha-F spatial
             attention kernels and dilations ("dilated kernels everywhere"; padding d * (k // 2)).
@@ -55,9 +55,10 @@ class DenseNet(nn.Module):
         init: str = "uniform_fan_in",
         haar: bool = True,
         combine: str = "one_minus_product",
+        attention_impl: str = "lean",
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine)
+        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
         n = growth
         self.c1 = kit.conv(3, n, 3, lifting=True, ratio=1, spatial_dilation=first_dilation)
         self.block_layers = nn.ModuleList(

@@ -36,6 +36,8 @@ class LayerKit:
             kernels use ``wscale`` with the uniform fan-in rule.
         haar: apply the Haar factors of the authors' code (``haar=code_exact``); False drops them.
         combine: how attention weights its input (see :func:`attentive_gcnn.nn.attend`).
+        attention_impl: how full attention is computed: ``lean`` (chunks of output channels, recomputed in
+            backward) or ``reference`` (all intermediate responses at once); the same function.
     """
 
     group: str | Group = "p4"
@@ -44,6 +46,7 @@ class LayerKit:
     init: str = "uniform_fan_in"
     haar: bool = True
     combine: str = "one_minus_product"
+    attention_impl: str = "lean"
 
     def __post_init__(self) -> None:
         self.group = get_group(self.group)
@@ -70,6 +73,8 @@ class LayerKit:
             ratio = max(in_channels // 2, 1) if ratio == "half" else ratio
             kw |= dict(ratio=ratio, spatial_kernel=spatial_kernel, spatial_dilation=spatial_dilation)
             kw |= dict(combine=self.combine) | fixed
+        if cls is AttGConv:
+            kw["impl"] = self.attention_impl
         return cls(self.group, in_channels, out_channels, kernel_size, lifting=lifting, **kw)
 
     def bn(self, channels: int) -> GroupBatchNorm:

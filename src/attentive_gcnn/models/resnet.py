@@ -42,7 +42,7 @@ class ResNet44(nn.Module):
     downsamples); head: BN -> ReLU -> global average pool -> 1x1 conv -> mean over H.
 
     Args:
-        group, attention, wscale, init, haar, combine: see :class:`LayerKit` (He init: wscale sqrt 2).
+        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.(He init: wscale sqrt 2).
         channels: per stage, (32, 64, 128) z2 or (11, 23, 45) p4m.
         blocks: blocks per stage.
         spatial_kernel: attention kernel. Channel attention: ratio 1 on the image, Ci // 2 elsewhere.
@@ -62,9 +62,10 @@ class ResNet44(nn.Module):
         init: str = "uniform_fan_in",
         haar: bool = True,
         combine: str = "one_minus_product",
+        attention_impl: str = "lean",
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine)
+        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
         self.c1 = kit.conv(3, channels[0], 3, lifting=True, padding=1, ratio=1, spatial_kernel=spatial_kernel)
         stages, width = [], channels[0]
         for s, out in enumerate(channels):

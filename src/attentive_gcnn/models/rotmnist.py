@@ -17,7 +17,7 @@ class RotMNISTNet(nn.Module):
     conv c1..c7 carries it; c1 uses ``first_ratio`` and ``first_spatial_dilation`` (alpha-F: 4, padding 12).
 
     Args:
-        group, attention, wscale, init, haar, combine: see :class:`LayerKit`.
+        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.
         channels: width C of every hidden layer (10 for P4CNN, 20 for Z2CNN).
         ratio, first_ratio: channel-attention reduction of c2..c7 and of c1.
         spatial_kernel, first_spatial_dilation: spatial-attention kernel; dilation of c1's spatial attention.
@@ -41,9 +41,10 @@ class RotMNISTNet(nn.Module):
         init: str = "uniform_fan_in",
         haar: bool = True,
         combine: str = "one_minus_product",
+        attention_impl: str = "lean",
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine)
+        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
         att = dict(ratio=ratio, spatial_kernel=spatial_kernel)
         self.c1 = kit.conv(1, channels, 3, lifting=True, ratio=first_ratio, spatial_kernel=spatial_kernel,
                            spatial_dilation=first_spatial_dilation)  # fmt: skip

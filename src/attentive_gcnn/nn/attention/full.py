@@ -15,10 +15,20 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from attentive_gcnn.groups import Group, get_group
 from attentive_gcnn.nn.attention.combine import KeepsMap, attend
 from attentive_gcnn.nn.conv import INITS, GConv, transformed_filters
+
+# reference: all of ft at once; lean: chunks of output channels, recomputed in backward
+IMPLS = ("lean", "reference")
+
+
+def _out_pixels(conv: GConv, xin: Tensor) -> int:
+    """X' * Y' of the conv's output for the folded input ``xin``."""
+    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    return math.prod((n + 2 * p - d * (k - 1) - 1) // s + 1 for n in xin.shape[-2:])
 
 
 def _hidden(in_channels: int, ratio: int) -> int:
@@ -52,16 +62,21 @@ class FullChannelAttention(KeepsMap, nn.Module):
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
 
     def forward(self, ft: Tensor) -> Tensor:
+        return self.keep(self.compute(ft))
+
+    def compute(self, ft: Tensor, o: slice = slice(None)) -> Tensor:
+        """The map for the output channels ``o`` of ``ft`` (``ft`` holds exactly those channels); not kept."""
         n_w = self.n_weights
-        w1 = self.weight_fc1.reshape(*self.weight_fc1.shape[:3], n_w)[..., self.relative]  # [Co,q,Ci,H,n_in]
-        w2 = self.weight_fc2.reshape(*self.weight_fc2.shape[:3], n_w)[..., self.relative]  # [Co,Ci,q,H,n_in]
+        w1, w2 = self.weight_fc1[o], self.weight_fc2[o]
+        w1 = w1.reshape(*w1.shape[:3], n_w)[..., self.relative]  # [Co,q,Ci,H,n_in]
+        w2 = w2.reshape(*w2.shape[:3], n_w)[..., self.relative]  # [Co,Ci,q,H,n_in]
 
         def mlp(s: Tensor) -> Tensor:  # s [B, Co, H, Ci, n_in]
             hid = torch.relu(torch.einsum("oqcjl,bojcl->bojql", w1, s))
             return torch.einsum("ocqjl,bojql->bojcl", w2, hid)
 
         a = torch.sigmoid(mlp(ft.mean(dim=(-2, -1))) + mlp(ft.amax(dim=(-2, -1))))
-        return self.keep(a[..., None, None])
+        return a[..., None, None]
 
 
 class FullSpatialAttention(KeepsMap, nn.Module):
@@ -92,10 +107,14 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         INITS["uniform_fan_in"](self.weight, wscale, 2 * kernel_size**2)  # fan-in: the 2 statistics
 
     def forward(self, g: Tensor) -> Tensor:
+        return self.keep(self.compute(g))
+
+    def compute(self, g: Tensor, o: slice = slice(None)) -> Tensor:
+        """The map for the output channels ``o`` of ``g`` (``g`` holds exactly those channels); not kept."""
         b, co, n_h, _, n_in, x, y = g.shape
         k = self.kernel_size
         stats = torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4)  # [B, Co, H, n_in, 2, X, Y]
-        bank = transformed_filters(self.weight.view(co, 2, n_in, k, k), self.group, self.index)
+        bank = transformed_filters(self.weight[o].reshape(co, 2, n_in, k, k), self.group, self.index)
         bank = bank.transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
         pad = self.dilation * (k // 2)
         logits = F.conv2d(
@@ -105,7 +124,7 @@ class FullSpatialAttention(KeepsMap, nn.Module):
             dilation=self.dilation,
             groups=co * n_h * n_in,
         )
-        return self.keep(torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:])))
+        return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
 
 
 class AttGConv(GConv):
@@ -136,13 +155,17 @@ class AttGConv(GConv):
         combine: str = "one_minus_product",
         wscale: float = 1.0,
         haar: bool = True,
+        impl: str = "lean",
+        chunk_elements: int = 2**22,
         **conv_kw,
     ):
         super().__init__(
             group, in_channels, out_channels, kernel_size, lifting=lifting, wscale=wscale, haar=haar, **conv_kw
         )
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.scale = 1.0 if (lifting or not haar) else 2 * math.pi / self.group.order
-        self.combine = combine
+        self.combine, self.impl, self.chunk_elements = combine, impl, chunk_elements
         self.channel_attention = (
             FullChannelAttention(self.group, in_channels, out_channels, ratio, lifting) if channel else None
         )
@@ -154,16 +177,68 @@ class AttGConv(GConv):
 
     def responses(self, x: Tensor) -> Tensor:
         """The intermediate responses ``ft [B, Co, |H|, Ci, n_in, X', Y']`` (one depthwise conv2d)."""
-        xin = self.fold_input(x)
-        ci, n_in, co, n_h, k = self.in_channels, self.in_order, self.out_channels, self.group.order, self.kernel_size
         bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
+        return self._responses(self.fold_input(x), bank)
+
+    def _responses(self, xin: Tensor, bank: Tensor) -> Tensor:
+        """``ft`` of the output channels of ``bank [Co', |H|, Ci, n_in, k, k]`` from the folded input."""
+        co, n_h, ci, n_in, k, _ = bank.shape
         bank = bank.permute(2, 3, 0, 1, 4, 5).reshape(ci * n_in * co * n_h, 1, k, k)
         y = F.conv2d(xin, bank, None, self.stride, self.padding, self.dilation, groups=ci * n_in)
         return y.view(y.shape[0], ci, n_in, co, n_h, *y.shape[-2:]).permute(0, 3, 4, 1, 2, 5, 6)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = attend(self.responses(x), self.channel_attention, self.spatial_attention, self.combine).sum(dim=(3, 4))
+        out = self._lean(x) if self.impl == "lean" else self._reference(x)
         return out * self.scale if self.scale != 1.0 else out
+
+    def _reference(self, x: Tensor) -> Tensor:
+        """The straightforward computation: all of ``ft`` at once (the tested reference)."""
+        return attend(self.responses(x), self.channel_attention, self.spatial_attention, self.combine).sum(dim=(3, 4))
+
+    def chunk_size(self, ft_elements_per_channel: int) -> int:
+        """Output channels per chunk, so that one chunk of ``ft`` holds at most ``chunk_elements`` values."""
+        return max(1, min(self.out_channels, self.chunk_elements // max(ft_elements_per_channel, 1)))
+
+    def _lean(self, x: Tensor) -> Tensor:
+        """The same function, over chunks of output channels (every statistic of the attention is per output
+        channel, so chunks are independent). In training each chunk is recomputed in backward
+        (``torch.utils.checkpoint``), so ``ft`` never exists for more than one chunk at a time."""
+        xin = self.fold_input(x)
+        bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
+        per_channel = xin.shape[0] * self.group.order * xin.shape[1] * _out_pixels(self, xin)
+        step = self.chunk_size(per_channel)
+        outs, maps = [], []
+        for o0 in range(0, self.out_channels, step):
+            o = slice(o0, min(o0 + step, self.out_channels))
+            if torch.is_grad_enabled():
+                out, *chunk_maps = checkpoint(self._chunk, xin, bank[o], o, use_reentrant=False)
+            else:
+                out, *chunk_maps = self._chunk(xin, bank[o], o)
+            outs.append(out)
+            maps.append(chunk_maps)
+        modules = [m for m in (self.channel_attention, self.spatial_attention) if m is not None]
+        for module, chunk_maps in zip(modules, zip(*maps, strict=True), strict=True):
+            module.keep(torch.cat(chunk_maps, dim=1))
+        return torch.cat(outs, dim=1)
+
+    def _chunk(self, xin: Tensor, bank: Tensor, o: slice) -> tuple[Tensor, ...]:
+        """``sum_{c, l} attend(ft)`` for the output channels ``o``, and the (detached) maps of the chunk."""
+        maps = []
+
+        def recorded(module):
+            if module is None:
+                return None
+
+            def compute(t: Tensor) -> Tensor:
+                a = module.compute(t, o)
+                maps.append(a.detach())
+                return a
+
+            return compute
+
+        ft = self._responses(xin, bank)
+        out = attend(ft, recorded(self.channel_attention), recorded(self.spatial_attention), self.combine)
+        return (out.sum(dim=(3, 4)), *maps)
 
 
 class AttLiftingConv(AttGConv):

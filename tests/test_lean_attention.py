@@ -1,0 +1,99 @@
+"""The memory-lean full attention (``impl="lean"``: chunks of output channels, recomputed in backward) computes
+the same function as the straightforward reference, holds far less memory for backward, and keeps the same maps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from attentive_gcnn.models import build
+from attentive_gcnn.nn import AttGConv
+from tests.conftest import GROUPS, rel_err
+
+VARIANTS = [
+    pytest.param(dict(channel=True, spatial=True), id="full"),
+    pytest.param(dict(channel=True, spatial=False), id="channel"),
+    pytest.param(dict(channel=False, spatial=True), id="spatial"),
+    pytest.param(dict(channel=True, spatial=True, combine="product"), id="product"),
+]
+
+
+def twins(group, lifting: bool, ci: int, co: int, **kw) -> tuple[AttGConv, AttGConv]:
+    """A reference layer and a lean copy with the same weights, split into chunks of 2 output channels."""
+    ref = AttGConv(group, ci, co, 3, lifting=lifting, ratio=1, padding=1, impl="reference", **kw).double()
+    lean = copy.deepcopy(ref)
+    lean.impl = "lean"
+    lean.chunk_elements = 1  # one output channel per chunk: the most chunks
+    return ref, lean
+
+
+def values_and_grads(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    y = layer(x)
+    return [y, *torch.autograd.grad(y, [x, *layer.parameters()], g)]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lean_equals_reference_in_values_gradients_and_maps(group, lifting, variant):
+    ci, co = (2, 5) if lifting else (4, 5)
+    ref, lean = twins(group, lifting, ci, co, **variant)
+    n = ref.group.order
+    x = torch.randn(2, ci, *(() if lifting else (n,)), 7, 7, dtype=torch.float64)
+    g = torch.randn(2, co, n, 7, 7, dtype=torch.float64)
+    for a, b in zip(values_and_grads(ref, x, g), values_and_grads(lean, x, g), strict=True):
+        assert rel_err(b, a) < 1e-10
+    for module in ("channel_attention", "spatial_attention"):
+        if getattr(ref, module) is not None:
+            a, b = getattr(ref, module).attention_map, getattr(lean, module).attention_map
+            assert a.shape == b.shape and rel_err(b, a) < 1e-12
+    with torch.no_grad():  # evaluation: chunks without recomputation
+        assert rel_err(lean(x), ref(x)) < 1e-10
+
+
+def test_lean_is_the_default_and_models_select_the_reference():
+    assert AttGConv("p4", 2, 2, 3, lifting=False).impl == "lean"
+    model = build("a_p4cnn", attention_impl="reference")
+    assert {m.impl for m in model.modules() if isinstance(m, AttGConv)} == {"reference"}
+    with pytest.raises(ValueError, match="impl"):
+        AttGConv("p4", 2, 2, 3, lifting=False, impl="fast")
+
+
+def test_a_p4cnn_lean_equals_reference_end_to_end():
+    torch.manual_seed(0)
+    ref = build("a_p4cnn", attention_impl="reference", dropout=0.0).double()  # train mode, no randomness
+    lean = build("a_p4cnn", dropout=0.0).double()
+    lean.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    g = torch.randn(2, 10, dtype=torch.float64)
+    for a, b in zip(values_and_grads(ref, x, g), values_and_grads(lean, x, g), strict=True):
+        assert rel_err(b, a) < 1e-10
+
+
+def saved_bytes(layer: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for backward during one forward (what training memory is made of)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x.requires_grad_(True)).sum()
+    return total
+
+
+def test_lean_keeps_a_fraction_of_the_memory_for_backward():
+    """A memory test, not a timing test: the reference keeps the intermediate responses [B, Co, |H|, Ci, |H|, X, Y]
+    and their attended copies for backward; the lean path keeps its inputs and recomputes one chunk at a time."""
+    ref, lean = twins("p4", False, 8, 8)
+    lean.chunk_elements = 2**14
+    x = torch.randn(4, 8, 4, 12, 12, dtype=torch.float64)
+    ft_bytes = 4 * 8 * 4 * 8 * 4 * 12 * 12 * 8
+    reference, leaner = saved_bytes(ref, x), saved_bytes(lean, x)
+    assert reference > 2 * ft_bytes  # several copies of ft
+    assert leaner < reference / 8 and leaner < ft_bytes / 2
