@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (a quick pass)")
     parser.add_argument("--only", nargs="+", default=[], metavar="GLOB", help="only these experiments")
     parser.add_argument("--out", type=Path, default=None, help="runs directory (default outputs/reproduce)")
-    parser.add_argument("--figure-limit", type=int, default=2000, help="test images per angle in the rotation plot")
+    parser.add_argument("--figure-limit", type=int, default=500, help="test images per angle in the rotation plot")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. paths.data_dir=/data")
     args = parser.parse_args(argv)
