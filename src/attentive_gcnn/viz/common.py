@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.models.registry import CONFIG_DIR
+from attentive_gcnn.runlog import file_mode
 
 SPLITS = ("train", "valid", "test")
 
@@ -124,6 +125,7 @@ def save_figure(fig, path: Path, dpi: int = 150) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
