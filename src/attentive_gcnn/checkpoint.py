@@ -8,8 +8,6 @@ a half-written checkpoint, and existing files are only replaced when asked to.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +16,7 @@ from torch import nn
 
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.models.registry import build_from_config, model_config
-from attentive_gcnn.runlog import file_mode
+from attentive_gcnn.runlog import atomic_path
 
 FORMAT = "attentive_gcnn/1"
 
@@ -29,15 +27,8 @@ def save_checkpoint(path: str | Path, payload: dict, overwrite: bool = False) ->
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
     return path
 
 

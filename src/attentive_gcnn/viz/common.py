@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from torch.utils.data import Dataset
 from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.models.registry import CONFIG_DIR
-from attentive_gcnn.runlog import file_mode
+from attentive_gcnn.runlog import atomic_path
 
 SPLITS = ("train", "valid", "test")
 
@@ -120,15 +118,11 @@ def pyplot():
 
 
 def save_figure(fig, path: Path, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG atomically (a temporary file renamed into place) and close it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    """Write ``fig`` as a PNG atomically (see :func:`attentive_gcnn.runlog.atomic_path`) and close it."""
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         pyplot().close(fig)
     return path
 
