@@ -141,6 +141,16 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def provenance(device: torch.device) -> dict:
+    """What a summary records about how and where it was made: peak memory, git SHA, command line, machine."""
+    return {
+        "peak_memory_mb": peak_memory_mb(device),
+        "git_sha": git_sha(),
+        "command": " ".join(sys.argv),
+        "environment": environment(device),
+    }
+
+
 class NoMirror:
     """The default: nothing beyond the run directory's own files."""
 

@@ -28,7 +28,7 @@ from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models.kit import count_parameters
 from attentive_gcnn.models.registry import CONFIG_DIR, build_from_config, model_config, model_names
-from attentive_gcnn.runlog import MetricsCSV, ensure_writable, environment, git_sha, peak_memory_mb, write_json
+from attentive_gcnn.runlog import MetricsCSV, ensure_writable, provenance, write_json
 from attentive_gcnn.trainer import Trainer
 
 log = logging.getLogger("attentive_gcnn.train")
@@ -106,6 +106,11 @@ def prepare_run_dir(run_dir: Path, resume: bool, restart_ok: bool = False) -> No
         raise ConfigError(f"resume=true but {run_dir / LAST} does not exist; set hydra.run.dir to the run to resume")
 
 
+def show_progress(setting) -> bool:
+    """``progress``: auto (a bar only on a terminal), true or false."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
     random.seed(seed)
@@ -156,7 +161,7 @@ class Run:
         self.model.to(self.device)
         self.optimizer = instantiate(cfg.training.optimizer)(self.model.parameters())
         self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
-        progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+        progress = show_progress(cfg.progress)
         self.trainer = Trainer(self.model, self.optimizer, self.device, amp=cfg.amp, progress=progress)
         self.mirror = instantiate(cfg.logger)
         self.metrics = MetricsCSV(run_dir / METRICS)
@@ -287,10 +292,7 @@ class Run:
             "test_size": len(splits.test),
             "normalization": splits.normalization,
             "wall_time_s": self.elapsed,
-            "peak_memory_mb": peak_memory_mb(self.device),
-            "git_sha": git_sha(),
-            "command": " ".join(sys.argv),
-            "environment": environment(self.device),
+            **provenance(self.device),
             "config": self.config,
         }
         write_json(self.run_dir / SUMMARY, summary)
@@ -356,7 +358,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         None,
         device,
         amp=cfg.amp,
-        progress=sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress),
+        progress=show_progress(cfg.progress),
     )
     t0 = time.perf_counter()
     loss, acc = trainer.evaluate(
@@ -377,10 +379,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "params": count_parameters(model),
         "normalization": splits.normalization,
         "wall_time_s": time.perf_counter() - t0,
-        "peak_memory_mb": peak_memory_mb(device),
-        "git_sha": git_sha(),
-        "command": " ".join(sys.argv),
-        "environment": environment(device),
+        **provenance(device),
         "config": resolved(cfg),
     }
     write_json(run_dir / SUMMARY, summary)
