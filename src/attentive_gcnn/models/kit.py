@@ -36,8 +36,8 @@ class LayerKit:
             kernels use ``wscale`` with the uniform fan-in rule.
         haar: apply the Haar factors of the authors' code (``haar=code_exact``); False drops them.
         combine: how attention weights its input (see :func:`attentive_gcnn.nn.attend`).
-        attention_impl: how full attention is computed: ``lean`` (chunks of output channels, recomputed in
-            backward) or ``reference`` (all intermediate responses at once); the same function.
+        attention_impl: how full attention is computed: ``lean`` (never all intermediate responses at once,
+            see :mod:`attentive_gcnn.nn.attention.lean`) or ``reference`` (all at once); the same function.
     """
 
     group: str | Group = "p4"

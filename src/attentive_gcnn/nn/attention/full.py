@@ -15,20 +15,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from attentive_gcnn.groups import Group, get_group
+from attentive_gcnn.nn.attention import lean
 from attentive_gcnn.nn.attention.combine import KeepsMap, attend
 from attentive_gcnn.nn.conv import INITS, GConv, transformed_filters
 
-# reference: all of ft at once; lean: chunks of output channels, recomputed in backward
+# reference: all of ft at once; lean: never all of ft (attention.lean)
 IMPLS = ("lean", "reference")
-
-
-def _out_pixels(conv: GConv, xin: Tensor) -> int:
-    """X' * Y' of the conv's output for the folded input ``xin``."""
-    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    return math.prod((n + 2 * p - d * (k - 1) - 1) // s + 1 for n in xin.shape[-2:])
 
 
 def _hidden(in_channels: int, ratio: int) -> int:
@@ -66,6 +60,10 @@ class FullChannelAttention(KeepsMap, nn.Module):
 
     def compute(self, ft: Tensor, o: slice = slice(None)) -> Tensor:
         """The map for the output channels ``o`` of ``ft`` (``ft`` holds exactly those channels); not kept."""
+        return self.from_stats(ft.mean(dim=(-2, -1)), ft.amax(dim=(-2, -1)), o)[..., None, None]
+
+    def from_stats(self, s_avg: Tensor, s_max: Tensor, o: slice = slice(None)) -> Tensor:
+        """``sigmoid(mlp(s_avg) + mlp(s_max))`` for the output channels ``o``: ``[B, Co', |H|, Ci, n_in]``."""
         n_w = self.n_weights
         w1, w2 = self.weight_fc1[o], self.weight_fc2[o]
         w1 = w1.reshape(*w1.shape[:3], n_w)[..., self.relative]  # [Co,q,Ci,H,n_in]
@@ -75,8 +73,7 @@ class FullChannelAttention(KeepsMap, nn.Module):
             hid = torch.relu(torch.einsum("oqcjl,bojcl->bojql", w1, s))
             return torch.einsum("ocqjl,bojql->bojcl", w2, hid)
 
-        a = torch.sigmoid(mlp(ft.mean(dim=(-2, -1))) + mlp(ft.amax(dim=(-2, -1))))
-        return a[..., None, None]
+        return torch.sigmoid(mlp(s_avg) + mlp(s_max))
 
 
 class FullSpatialAttention(KeepsMap, nn.Module):
@@ -111,20 +108,33 @@ class FullSpatialAttention(KeepsMap, nn.Module):
 
     def compute(self, g: Tensor, o: slice = slice(None)) -> Tensor:
         """The map for the output channels ``o`` of ``g`` (``g`` holds exactly those channels); not kept."""
-        b, co, n_h, _, n_in, x, y = g.shape
-        k = self.kernel_size
-        stats = torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4)  # [B, Co, H, n_in, 2, X, Y]
-        bank = transformed_filters(self.weight[o].reshape(co, 2, n_in, k, k), self.group, self.index)
-        bank = bank.transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
-        pad = self.dilation * (k // 2)
-        logits = F.conv2d(
-            stats.reshape(b, co * n_h * n_in * 2, x, y),
-            bank,
-            padding=pad,
-            dilation=self.dilation,
-            groups=co * n_h * n_in,
-        )
+        return self.from_stats(torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4), o)
+
+    def _bank(self, o: slice = slice(None)) -> Tensor:
+        """The transformed kernels ``[Co', |H|, 2, n_in, k, k]``: plane (o, j, l) gets ``[o, j, :, l]``."""
+        co, k = self.weight[o].shape[0], self.kernel_size
+        return transformed_filters(self.weight[o].reshape(co, 2, self.n_in, k, k), self.group, self.index)
+
+    def from_stats(self, stats: Tensor, o: slice = slice(None)) -> Tensor:
+        """``stats [B, Co', |H|, n_in, 2, X, Y]`` (mean, max over c) -> ``[B, Co', |H|, 1, n_in, X, Y]``."""
+        b, co, n_h, n_in, _, x, y = stats.shape
+        k, d = self.kernel_size, self.dilation
+        bank = self._bank(o).transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
+        stats = stats.reshape(b, co * n_h * n_in * 2, x, y)
+        logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
+
+    def from_lmajor_stats(self, mean: Tensor, maximum: Tensor) -> Tensor:
+        """The same map from l-major statistics, ``mean, maximum [B, n_in, Co, |H|, X, Y]`` -> same shape, with
+        :class:`~attentive_gcnn.nn.attention.lean.PlanewiseConv` (same function, faster on CPUs)."""
+        b, n_in, co, n_h, x, y = mean.shape
+        k = self.kernel_size
+        bank = self._bank().permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, 2, k, k)  # [(l, o, j), stat]
+        # channels-last [B, X, Y, (l, o, j, stat)]: the layout the conv runs in
+        stats = torch.stack((mean.flatten(1, 3).permute(0, 2, 3, 1), maximum.flatten(1, 3).permute(0, 2, 3, 1)), -1)
+        stats = stats.view(b, x, y, -1).permute(0, 3, 1, 2)
+        logits = lean.PlanewiseConv.apply(stats, bank, self.dilation)
+        return torch.sigmoid(logits).view(b, n_in, co, n_h, x, y)
 
 
 class AttGConv(GConv):
@@ -137,6 +147,10 @@ class AttGConv(GConv):
 
     Args (besides :class:`GConv`'s): ratio (channel MLP reduction, hidden = Ci // ratio), spatial_kernel,
     spatial_dilation, combine (see :func:`attend`). Attention kernels use the conv's ``wscale``.
+    impl: ``lean`` (default; never holds ``ft``, see :mod:`attentive_gcnn.nn.attention.lean`) or ``reference``
+    (all of ``ft`` at once, the straightforward computation); the same function.
+    chunk_elements: the lean path builds ``ft`` (without autograd) for chunks of output channels of at most
+    this many values, or one channel.
     """
 
     def __init__(
@@ -182,10 +196,14 @@ class AttGConv(GConv):
 
     def _responses(self, xin: Tensor, bank: Tensor) -> Tensor:
         """``ft`` of the output channels of ``bank [Co', |H|, Ci, n_in, k, k]`` from the folded input."""
+        return self._conv_responses(xin, bank).permute(0, 3, 4, 1, 2, 5, 6)
+
+    def _conv_responses(self, xin: Tensor, bank: Tensor) -> Tensor:
+        """The same in the depthwise conv's layout ``[B, Ci, n_in, Co', |H|, X', Y']``."""
         co, n_h, ci, n_in, k, _ = bank.shape
         bank = bank.permute(2, 3, 0, 1, 4, 5).reshape(ci * n_in * co * n_h, 1, k, k)
         y = F.conv2d(xin, bank, None, self.stride, self.padding, self.dilation, groups=ci * n_in)
-        return y.view(y.shape[0], ci, n_in, co, n_h, *y.shape[-2:]).permute(0, 3, 4, 1, 2, 5, 6)
+        return y.view(y.shape[0], ci, n_in, co, n_h, *y.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
         out = self._lean(x) if self.impl == "lean" else self._reference(x)
@@ -200,45 +218,47 @@ class AttGConv(GConv):
         return max(1, min(self.out_channels, self.chunk_elements // max(ft_elements_per_channel, 1)))
 
     def _lean(self, x: Tensor) -> Tensor:
-        """The same function, over chunks of output channels (every statistic of the attention is per output
-        channel, so chunks are independent). In training each chunk is recomputed in backward
-        (``torch.utils.checkpoint``), so ``ft`` never exists for more than one chunk at a time."""
+        """The same function without ``ft`` (see :mod:`attentive_gcnn.nn.attention.lean`).
+
+        With ``G_l = sum_c g`` (``g = a_C * ft``, or ``ft`` without channel attention) the layer is
+        ``sum_{c,l} ft - sum_l a_X * G_l`` (``one_minus_product``) or ``sum_l a_X * G_l`` (``product``), and
+        channel-only attention is one conv with the per-sample weights ``(1 - a_C) * bank`` (or ``a_C * bank``).
+        ``ft`` is only ever built for a chunk of output channels, without autograd, to find the arg-maxes.
+        """
         xin = self.fold_input(x)
         bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
-        per_channel = xin.shape[0] * self.group.order * xin.shape[1] * _out_pixels(self, xin)
-        step = self.chunk_size(per_channel)
-        outs, maps = [], []
-        for o0 in range(0, self.out_channels, step):
-            o = slice(o0, min(o0 + step, self.out_channels))
-            if torch.is_grad_enabled():
-                out, *chunk_maps = checkpoint(self._chunk, xin, bank[o], o, use_reentrant=False)
-            else:
-                out, *chunk_maps = self._chunk(xin, bank[o], o)
-            outs.append(out)
-            maps.append(chunk_maps)
-        modules = [m for m in (self.channel_attention, self.spatial_attention) if m is not None]
-        for module, chunk_maps in zip(modules, zip(*maps, strict=True), strict=True):
-            module.keep(torch.cat(chunk_maps, dim=1))
-        return torch.cat(outs, dim=1)
+        geo = lean.ConvGeometry.of(xin, self.kernel_size, self.stride, self.padding, self.dilation)
+        ca, sa = self.channel_attention, self.spatial_attention
+        s_avg = lean.mean_responses(xin, bank, geo) if ca is not None else None
 
-    def _chunk(self, xin: Tensor, bank: Tensor, o: slice) -> tuple[Tensor, ...]:
-        """``sum_{c, l} attend(ft)`` for the output channels ``o``, and the (detached) maps of the chunk."""
-        maps = []
+        def channel_map(s_max: Tensor, o: slice) -> Tensor:
+            return ca.from_stats(s_avg[:, o], s_max, o)
 
-        def recorded(module):
-            if module is None:
-                return None
-
-            def compute(t: Tensor) -> Tensor:
-                a = module.compute(t, o)
-                maps.append(a.detach())
-                return a
-
-            return compute
-
-        ft = self._responses(xin, bank)
-        out = attend(ft, recorded(self.channel_attention), recorded(self.spatial_attention), self.combine)
-        return (out.sum(dim=(3, 4)), *maps)
+        step = self.chunk_size(xin.shape[0] * self.group.order * xin.shape[1] * geo.pixels)
+        found = lean.argmax_pass(
+            lambda o: self._conv_responses(xin, bank[o]),
+            self.out_channels,
+            step,
+            channel_map if ca is not None else None,
+            sa is not None,
+        )
+        a = None
+        if ca is not None:
+            a = ca.from_stats(s_avg, lean.responses_at(xin, bank, found.spatial, geo))
+            ca.keep(a[..., None, None])
+        if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
+            if a is not None and self.combine == "one_minus_product":
+                a = 1 - a
+            return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True)
+        # per-orientation tensors are l-major, [B, n_in, Co, H, X', Y'], the layout of the convs that make them
+        summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
+        winner = lean.SelectedResponses.apply(xin, bank, a, found.channel, found.winner, geo)  # max_c g
+        a_x = sa.from_lmajor_stats(summed / self.in_channels, winner)
+        sa.keep(a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3))  # [B, Co, H, 1, n_in, X', Y']
+        weighted = (a_x * summed).sum(dim=1)
+        if self.combine == "product":
+            return weighted
+        return lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - weighted
 
 
 class AttLiftingConv(AttGConv):

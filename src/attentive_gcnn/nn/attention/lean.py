@@ -1,0 +1,327 @@
+"""Pieces of the lean full attention: the same function as the reference, without the full ``ft`` tensor.
+
+With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci, n_in, X', Y']``) and
+``g = a_C * ft``, every ingredient of the layer is either linear in ``ft`` or a maximum of it (SPEC section 8):
+
+- ``mean_xy ft`` is the bank applied to the mean of each filter tap's input window (:func:`window_means`);
+- ``sum_c g`` is a convolution with per-sample weights ``a_C * bank`` (:func:`modulated_conv`), and
+  ``mean_c g`` is that divided by Ci;
+- ``max_xy ft`` and ``max_c g`` depend on ``ft`` only at their arg-max. The arg-maxes are found chunk by chunk
+  without autograd (:func:`argmax_pass`); the maxima are then recomputed differentiably from the input windows
+  at those positions (:func:`responses_at`) or, for the channel max, by :class:`SelectedResponses`, whose
+  backward touches each position's winning channel only.
+
+Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``bank [Co, |H|, Ci, n_in, k, k]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """Stride, padding and dilation of a conv, and the spatial size of its output."""
+
+    stride: int
+    padding: int
+    dilation: int
+    out_hw: tuple[int, int]
+
+    @classmethod
+    def of(cls, xin: Tensor, kernel_size: int, stride: int, padding: int, dilation: int) -> ConvGeometry:
+        k = kernel_size
+        out = tuple((n + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for n in xin.shape[-2:])
+        return cls(stride, padding, dilation, out)
+
+    @property
+    def pixels(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    def taps(self, axis_len: int, tap: int) -> slice:
+        """Input positions (along one padded axis) that filter tap ``tap`` sees, over all outputs."""
+        start = tap * self.dilation
+        return slice(start, start + self.stride * (axis_len - 1) + 1, self.stride)
+
+    def conv(self, x: Tensor, w: Tensor, groups: int = 1) -> Tensor:
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, groups)
+
+
+def window_means(xin: Tensor, k: int, geo: ConvGeometry) -> Tensor:
+    """``m[b, i, dy, dx]``: the mean, over all output positions, of the input that tap (dy, dx) multiplies.
+
+    ``xin [B, C, X, Y]`` -> ``[B, C, k, k]``; ``mean_xy (x (*) w) = sum_taps w * m``.
+    """
+    p = geo.padding
+    xpad = F.pad(xin, (p, p, p, p)) if p else xin
+    rows = torch.stack([xpad[..., geo.taps(geo.out_hw[0], dy), :].sum(-2) for dy in range(k)], dim=-2)
+    taps = torch.stack([rows[..., geo.taps(geo.out_hw[1], dx)].sum(-1) for dx in range(k)], dim=-1)
+    return taps / geo.pixels
+
+
+def mean_responses(xin: Tensor, bank: Tensor, geo: ConvGeometry) -> Tensor:
+    """``mean_xy ft`` -> ``[B, Co, |H|, Ci, n_in]``, by linearity (no ``ft``)."""
+    co, n_h, ci, n_in, k, _ = bank.shape
+    m = window_means(xin, k, geo).view(xin.shape[0], ci, n_in, k, k)
+    return torch.einsum("ojclyx,bclyx->bojcl", bank, m)
+
+
+def responses_at(xin: Tensor, bank: Tensor, pos: Tensor, geo: ConvGeometry) -> Tensor:
+    """``ft[b, o, j, c, l]`` at the flat output position ``pos [B, Co, |H|, Ci, n_in]`` -> same shape.
+
+    Contracts the k x k input window at each position with its filter: differentiable in ``xin`` and ``bank``
+    (:class:`ResponsesAt`), k^2 values per statistic.
+    """
+    return ResponsesAt.apply(xin, bank, pos.to(torch.int32), geo)
+
+
+class ResponsesAt(torch.autograd.Function):
+    """See :func:`responses_at`. Saves the inputs and the positions only; backward gathers the windows again."""
+
+    @staticmethod
+    def forward(ctx, xin: Tensor, bank: Tensor, pos: Tensor, geo: ConvGeometry) -> Tensor:
+        ctx.save_for_backward(xin, bank, pos)
+        ctx.geo = geo
+        xpad, index = _window_index(xin, bank.shape, pos, geo)
+        windows = xpad.gather(-1, index).view(*index.shape[:3], *bank.shape[:2], -1)
+        return torch.einsum("bclojt,ojclt->bojcl", windows, bank.flatten(-2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xin, bank, pos = ctx.saved_tensors
+        xpad, index = _window_index(xin, bank.shape, pos, ctx.geo)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            windows = xpad.gather(-1, index).view(*index.shape[:3], *bank.shape[:2], -1)
+            grad_w = torch.einsum("bclojt,bojcl->ojclt", windows, grad).view_as(bank)
+        if ctx.needs_input_grad[0]:
+            grad_windows = torch.einsum("ojclt,bojcl->bclojt", bank.flatten(-2), grad).reshape(index.shape)
+            grad_pad = torch.zeros_like(xpad).scatter_add_(-1, index, grad_windows)
+            p = ctx.geo.padding
+            grad_pad = grad_pad.view(*xpad.shape[:3], *grad_pad.shape[-1:]).view(
+                xin.shape[0], -1, *(n + 2 * p for n in xin.shape[-2:])
+            )
+            grad_x = grad_pad[..., p : grad_pad.shape[-2] - p, p : grad_pad.shape[-1] - p] if p else grad_pad
+        return grad_x, grad_w, None, None
+
+
+def _window_index(xin: Tensor, bank_shape: torch.Size, pos: Tensor, geo: ConvGeometry) -> tuple[Tensor, Tensor]:
+    """The padded input ``[B, Ci, n_in, Xp * Yp]`` and the flat indices ``[B, Ci, n_in, Co * |H| * k^2]`` of
+    the window of every statistic at ``pos [B, Co, |H|, Ci, n_in]``."""
+    co, n_h, ci, n_in, k, _ = bank_shape
+    b = xin.shape[0]
+    p, d, s = geo.padding, geo.dilation, geo.stride
+    xpad = F.pad(xin, (p, p, p, p)) if p else xin
+    width = xpad.shape[-1]
+    pos = pos.long()
+    oy, ox = pos // geo.out_hw[1], pos % geo.out_hw[1]
+    taps = torch.arange(k, device=xin.device)
+    offsets = ((taps[:, None] * width + taps[None, :]) * d).flatten()  # [k*k]
+    start = (oy * s * width + ox * s).permute(0, 3, 4, 1, 2)  # [B, Ci, n_in, Co, |H|]
+    index = (start[..., None] + offsets).reshape(b, ci, n_in, -1)
+    return xpad.reshape(b, ci, n_in, -1), index
+
+
+def modulated_conv(xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry, sum_orientations: bool) -> Tensor:
+    """``sum_c a * ft`` (``a [B, Co, |H|, Ci, n_in]``, None for 1): one conv2d with per-sample weights.
+
+    Returns ``[B, n_in, Co, |H|, X', Y']`` (the l-major layout of the lean path's per-orientation tensors), or
+    ``[B, Co, |H|, X', Y']`` summed over l too (``sum_orientations``). Without ``a`` the weights are shared and
+    the batch stays a batch.
+    """
+    co, n_h, ci, n_in, k, _ = bank.shape
+    b = xin.shape[0]
+    if sum_orientations:  # groups: samples; channels (c, l) as in xin
+        if a is None:
+            return geo.conv(xin, bank.reshape(co * n_h, ci * n_in, k, k)).unflatten(1, (co, n_h))
+        w = (a[..., None, None] * bank).reshape(b * co * n_h, ci * n_in, k, k)
+        y = geo.conv(xin.reshape(1, b * ci * n_in, *xin.shape[-2:]), w, groups=b)
+        return y.view(b, co, n_h, *y.shape[-2:])
+    xl = xin.view(b, ci, n_in, *xin.shape[-2:]).transpose(1, 2)  # [B, n_in, Ci, X, Y]: groups (b, l)
+    if a is None:
+        w = bank.permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, ci, k, k)
+        y = geo.conv(xl.reshape(b, n_in * ci, *xin.shape[-2:]), w, groups=n_in)
+    else:
+        w = (a[..., None, None] * bank).permute(0, 4, 1, 2, 3, 5, 6).reshape(b * n_in * co * n_h, ci, k, k)
+        y = geo.conv(xl.reshape(1, b * n_in * ci, *xin.shape[-2:]), w, groups=b * n_in)
+    return y.view(b, n_in, co, n_h, *y.shape[-2:])
+
+
+@dataclasses.dataclass
+class ArgMaxes:
+    """Where the maxima of ``ft`` lie (found without autograd).
+
+    ``spatial [B, Co, |H|, Ci, n_in]``: flat output position of ``max_xy ft`` (None without channel attention);
+    ``channel [B, n_in, Co, |H|, X', Y']`` (l-major): the channel c of ``max_c g``, and ``winner`` the value of
+    ``ft`` there (None without spatial attention).
+    """
+
+    spatial: Tensor | None = None
+    channel: Tensor | None = None
+    winner: Tensor | None = None
+
+
+def argmax_pass(
+    responses: Callable[[slice], Tensor],
+    out_channels: int,
+    step: int,
+    channel_map: Callable[[Tensor, Tensor, slice], Tensor] | None,
+    spatial: bool,
+) -> ArgMaxes:
+    """Find the arg-maxes over chunks of ``step`` output channels; ``ft`` exists for one chunk at a time.
+
+    ``responses(o)`` gives ``ft`` of the output channels ``o`` in the conv's own layout
+    ``[B, Ci, n_in, Co', |H|, X', Y']`` (reductions over c are then over an outer axis, which CPUs do fast);
+    ``channel_map(s_max, o)`` the channel attention ``[B, Co', |H|, Ci, n_in]`` of those channels from their
+    spatial maxima ``s_max [B, Co', |H|, Ci, n_in]`` (None: no channel attention).
+    """
+    found: dict[str, list[Tensor]] = {"spatial": [], "channel": [], "winner": []}
+    to_attention = (0, 3, 4, 1, 2)  # [B, Ci, n_in, Co', H] -> [B, Co', H, Ci, n_in]
+    with torch.no_grad():
+        for o0 in range(0, out_channels, step):
+            o = slice(o0, min(o0 + step, out_channels))
+            ft = responses(o)
+            g = ft
+            if channel_map is not None:
+                s_max, pos = ft.flatten(-2).max(dim=-1)
+                found["spatial"].append(pos.permute(*to_attention))
+                a = channel_map(s_max.permute(*to_attention), o)  # [B, Co', H, Ci, n_in]
+                g = ft * a.permute(0, 3, 4, 1, 2)[..., None, None]
+            if spatial:
+                c = g.max(dim=1, keepdim=True).indices  # [B, 1, n_in, Co', H, X', Y']
+                found["winner"].append(ft.gather(1, c).squeeze(1))
+                found["channel"].append(c.squeeze(1).to(_index_dtype(ft.shape[1])))
+    axis = {"spatial": 1, "channel": 2, "winner": 2}  # the Co axis
+    return ArgMaxes(**{key: torch.cat(parts, dim=axis[key]) if parts else None for key, parts in found.items()})
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    return torch.uint8 if n <= 256 else torch.int32
+
+
+class SelectedResponses(torch.autograd.Function):
+    """``a[b, o, j, c*, l] * ft[b, o, j, c*, l, x, y]`` with ``c* = channel[b, o, j, l, x, y]``: ``max_c g``.
+
+    Inputs: ``xin [B, Ci * n_in, X, Y]``, ``bank [Co, |H|, Ci, n_in, k, k]``, ``a [B, Co, |H|, Ci, n_in]`` (None
+    for 1), ``channel`` and ``winner`` (``ft`` at ``c*``, found by :func:`argmax_pass`) ``[B, n_in, Co, |H|, X',
+    Y']``, ``geo``. Saves no more than the inputs; backward sends the gradient to the winning channel's input
+    window and filter only, as one conv backward per input channel c over the positions c won.
+    """
+
+    @staticmethod
+    def forward(ctx, xin, bank, a, channel, winner, geo: ConvGeometry) -> Tensor:
+        ctx.save_for_backward(xin, bank, a, channel, winner)
+        ctx.geo = geo
+        if a is None:
+            return winner.clone()
+        return _at_winner(a, channel) * winner
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xin, bank, a, channel, winner = ctx.saved_tensors
+        geo: ConvGeometry = ctx.geo
+        co, n_h, ci, n_in, k, _ = bank.shape
+        b = xin.shape[0]
+        need_x, need_w, need_a = ctx.needs_input_grad[:3]
+        grad_a = None
+        if need_a:  # sum over the positions each channel won: one scatter-add
+            grad_a = torch.zeros(b, n_in, co, n_h, ci, dtype=grad.dtype, device=grad.device)
+            grad_a.flatten(0, -2).scatter_add_(
+                -1, channel.flatten(-2).flatten(0, -2).long(), (grad * winner).flatten(-2).flatten(0, -2)
+            )
+            grad_a = grad_a.permute(0, 2, 3, 4, 1)  # [B, Co, H, Ci, n_in]
+        if not (need_x or need_w):
+            return None, None, grad_a, None, None, None
+        if a is not None:  # the gradient reaching ft at the winner
+            grad = grad * _at_winner(a, channel)
+        grad = grad.reshape(b, n_in * co * n_h, *grad.shape[-2:])  # conv layout, groups l
+        channel = channel.view(grad.shape)
+        grad_x = torch.empty_like(xin).view(b, ci, n_in, *xin.shape[-2:]) if need_x else None
+        grad_w = torch.empty_like(bank) if need_w else None
+        xc = xin.view(b, ci, n_in, *xin.shape[-2:])
+        won, q = torch.empty_like(channel, dtype=torch.bool), torch.empty_like(grad)  # reused buffers
+        zero = grad.new_zeros(())
+        for c in range(ci):
+            w = bank[:, :, c].permute(2, 0, 1, 3, 4).reshape(n_in * co * n_h, 1, k, k)
+            torch.eq(channel, c, out=won)
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                torch.where(won, grad, zero, out=q),
+                xc[:, c],
+                w,
+                None,
+                [geo.stride] * 2,
+                [geo.padding] * 2,
+                [geo.dilation] * 2,
+                False,
+                [0, 0],
+                n_in,
+                [need_x, need_w, False],
+            )
+            if need_x:
+                grad_x[:, c] = gx
+            if need_w:
+                grad_w[:, :, c] = gw.view(n_in, co, n_h, k, k).permute(1, 2, 0, 3, 4)
+        return (grad_x.view_as(xin) if need_x else None), grad_w, grad_a, None, None, None
+
+
+def _at_winner(a: Tensor, channel: Tensor) -> Tensor:
+    """``a[b, o, j, c*, l]`` for ``c* = channel[b, l, o, j, x, y]`` -> ``[B, n_in, Co, |H|, X', Y']``."""
+    return a.permute(0, 4, 1, 2, 3).gather(-1, channel.flatten(-2).long()).view(channel.shape)
+
+
+class PlanewiseConv(torch.autograd.Function):
+    """``F.conv2d(x, w, padding=d * (k // 2), dilation=d, groups=G)`` with few input channels per group: the
+    spatial attention conv, where every plane has its own filter. Same values and gradients; the forward and
+    the input gradient run in channels-last layout and the weight gradient as one grouped conv whose kernels
+    are the output gradients, which the CPU convolution library does several times faster than its own
+    backward of this depthwise-like shape.
+
+    ``x [B, G * n, X, Y]``, ``w [G, n, k, k]`` -> ``[B, G, X, Y]`` (channels-last strides).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, dilation: int) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        ctx.save_for_backward(x, w)
+        ctx.dilation = dilation
+        return F.conv2d(x, w, padding=dilation * (w.shape[-1] // 2), dilation=dilation, groups=w.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        d = ctx.dilation
+        groups, pad = w.shape[0], d * (w.shape[-1] // 2)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad = grad.contiguous(memory_format=torch.channels_last)
+            grad_x = F.conv_transpose2d(grad, w, padding=pad, dilation=d, groups=groups)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.cat(
+                [_planewise_weight_grad(x, grad, w.shape, d, g) for g in _chunks(groups, GROUPS_PER_WEIGHT_GRAD)]
+            )
+        return grad_x, grad_w, None
+
+
+GROUPS_PER_WEIGHT_GRAD = 32  # bounds the copies the weight gradient makes of the input
+
+
+def _chunks(n: int, step: int) -> list[slice]:
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _planewise_weight_grad(x: Tensor, grad: Tensor, shape: torch.Size, d: int, groups: slice) -> Tensor:
+    """``dL/dw[groups]`` of :class:`PlanewiseConv` as one grouped conv: batch = the n inputs of a group,
+    in-channels = the samples, kernels = the output gradients. ``-> [G', n, k, k]``."""
+    _, n, k, _ = shape
+    b, _, h, wd = x.shape
+    g = groups.stop - groups.start
+    pad = d * (k // 2)
+    xs = x[:, groups.start * n : groups.stop * n].reshape(b, g, n, h, wd)
+    xs = xs.permute(2, 1, 0, 3, 4).reshape(n, g * b, h, wd)
+    kernels = grad[:, groups].transpose(0, 1).contiguous()  # [G', B, X, Y]
+    return F.conv2d(xs, kernels, padding=pad, groups=g)[..., ::d, ::d].transpose(0, 1)
