@@ -49,6 +49,18 @@ def test_model_arg_and_batch_size_parsing():
     }
     with pytest.raises(ValueError):
         bench.parse_batch_sizes(["p4cnn=x"], ["p4cnn"], 128)
+    variant = "a_p4cnn@attention_impl=reference,ratio=4"
+    assert bench.split_variant(variant) == ("a_p4cnn", {"attention_impl": "reference", "ratio": 4})
+    assert bench.split_variant("p4cnn") == ("p4cnn", {})
+    assert bench.parse_batch_sizes([f"{variant}=8"], [variant], 128) == {variant: 8}
+    with pytest.raises(ValueError, match="NAME@KEY=VALUE"):
+        bench.split_variant("a_p4cnn@reference")
+
+
+def test_a_variant_is_measured_under_its_label_with_its_arguments():
+    run = bench.run_worker("z2cnn@dropout=0.5", 2, "cpu", 1, 0, 1, {"no_such_argument": 1})
+    assert run.name == "z2cnn@dropout=0.5" and run.overrides == {"dropout": 0.5, "no_such_argument": 1}
+    assert run.result is None and "no_such_argument" in run.reason  # the arguments reached build()
 
 
 def test_script_measures_models_and_writes_the_report(tmp_path, capsys):
@@ -80,11 +92,16 @@ def test_script_measures_models_and_writes_the_report(tmp_path, capsys):
     assert report.read_text() == text
 
 
-def fake_run(name, batch_size, device, threads, warmup, repeats, overrides, timeout=None):
-    ms = {"p4cnn": 100.0, "fa_p4cnn": 120.0, "a_p4cnn": 500.0, "a_p4_allcnnc": 10.0}
+COMPILED = []
+
+
+def fake_run(name, batch_size, device, threads, warmup, repeats, overrides, timeout=None, compile=False):
+    COMPILED.append(compile)
+    ms = {"p4cnn": 100.0, "fa_p4cnn": 120.0, "a_p4cnn": 500.0, "a_p4_allcnnc": 10.0, bench.REFERENCE_ATTENTION: 600.0}
     if name == "broken":
         return bench.Run(name, batch_size, reason="RuntimeError: out of memory")
-    result = dict(train_ms=ms[name], eval_ms=ms[name] / 2, peak_mb=3000.0 if name == "a_p4_allcnnc" else 50.0)
+    peak = {"a_p4_allcnnc": 3000.0, bench.REFERENCE_ATTENTION: 400.0}.get(name, 50.0)
+    result = dict(train_ms=ms[name], eval_ms=ms[name] / 2, peak_mb=peak)
     result |= dict(params=1, threads=threads, ignored_args=[], name=name, batch_size=batch_size)
     return bench.Run(name, batch_size, result=result, overrides=overrides)
 
@@ -94,10 +111,15 @@ def test_ratios_force_and_failures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "bench_model_names", lambda: ["p4cnn", "fa_p4cnn", "a_p4cnn", "a_p4_allcnnc", "broken"])
     report = tmp_path / "bench.md"
     report.write_text("old")
-    argv = ["p4cnn", "fa_p4cnn", "broken", "a_p4cnn", "a_p4_allcnnc", "--batch-size-for", "a_p4_allcnnc=16"]
+    argv = ["p4cnn", "fa_p4cnn", "broken", "a_p4cnn", bench.REFERENCE_ATTENTION, "a_p4_allcnnc"]
+    argv += ["--batch-size-for", "a_p4_allcnnc=16", "--compile"]
     argv += ["--baseline", "p4cnn", "--device", "cpu", "--markdown", str(report), "--force"]
+    COMPILED.clear()
     assert bench.main(argv) == 1  # one model failed: the others are still measured and reported
+    assert COMPILED == [True] * 6
     out = capsys.readouterr().out
+    assert "a_p4cnn / a_p4cnn@attention_impl=reference peak memory: 0.12 (target <= 0.25) PASS" in out
+    assert "# every model under torch.compile" in out
     assert "broken failed: RuntimeError: out of memory" in out
     assert "fa_p4cnn / p4cnn train time: 1.20 (target <= 1.3) PASS" in out
     assert "a_p4cnn / p4cnn train time: 5.00 (target <= 3) FAIL" in out
@@ -106,6 +128,7 @@ def test_ratios_force_and_failures(tmp_path, monkeypatch, capsys):
     assert "a_p4_allcnnc=16" in out
     text = report.read_text()
     assert "| `broken` | 128 | failed: RuntimeError: out of memory |" in text
+    assert "- torch.compile: every model" in text
     assert "| a_p4_allcnnc peak memory (MiB) | 3000.0 | <= 2048 | FAIL |" in text
 
 
@@ -115,9 +138,11 @@ def test_worker_failure_is_reported():
 
 
 def test_unknown_model_and_bad_options_are_usage_errors(capsys):
-    for argv in (["nonsense"], ["p4cnn", "--baseline", "z2cnn"], ["p4cnn", "--model-arg", "oops"]):
+    bad = (["nonsense"], ["p4cnn", "--baseline", "z2cnn"], ["p4cnn", "--model-arg", "oops"], ["nonsense@a=1"])
+    for argv in (*bad, ["p4cnn@oops"], ["p4cnn", "--compile", "--warmup", "0"]):
         with pytest.raises(SystemExit) as e:
             bench.main(argv)
         assert e.value.code == 2
     err = capsys.readouterr().err
     assert "error: unknown model(s) nonsense" in err and "not among the models" in err and "KEY=VALUE" in err
+    assert "nonsense@a=1" in err and "NAME@KEY=VALUE" in err and "--compile needs at least one warm-up" in err

@@ -7,9 +7,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from attentive_gcnn.models import build
 from attentive_gcnn.nn import AttGConv
+from attentive_gcnn.nn.attention.lean import PlanewiseConv
 from tests.conftest import GROUPS, rel_err
 
 VARIANTS = [
@@ -53,6 +55,34 @@ def test_lean_equals_reference_in_values_gradients_and_maps(group, lifting, vari
             assert a.shape == b.shape and rel_err(b, a) < 1e-12
     with torch.no_grad():  # evaluation
         assert rel_err(lean(x), ref(x)) < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation"), [(2, 1, 1), (1, 0, 2), (2, 2, 2)], ids=["stride2", "dilated", "both"]
+)
+@pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
+def test_lean_equals_reference_for_strides_paddings_and_dilations(stride, padding, dilation, lifting):
+    ci, co = (2, 3) if lifting else (3, 3)
+    kw = dict(lifting=lifting, ratio=1, stride=stride, padding=padding, dilation=dilation, spatial_dilation=dilation)
+    ref = AttGConv("p4", ci, co, 3, impl="reference", **kw).double()
+    lean = copy.deepcopy(ref)
+    lean.impl = "lean"
+    x = torch.randn(2, ci, *(() if lifting else (4,)), 9, 9, dtype=torch.float64)
+    g = torch.randn_like(ref(x))
+    for a, b in zip(values_and_grads(ref, x, g), values_and_grads(lean, x, g), strict=True):
+        assert rel_err(b, a) < 1e-10
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_planewise_conv_is_the_grouped_conv(dilation):
+    x = torch.randn(3, 12, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 6, 8, 8, dtype=torch.float64)
+    ours = PlanewiseConv.apply(x, w, dilation)
+    theirs = F.conv2d(x, w, padding=dilation * 2, dilation=dilation, groups=6)
+    assert rel_err(ours, theirs) < 1e-12
+    for a, b in zip(torch.autograd.grad(ours, (x, w), g), torch.autograd.grad(theirs, (x, w), g), strict=True):
+        assert rel_err(a, b) < 1e-12
 
 
 def test_lean_is_the_default_and_models_select_the_reference():

@@ -33,15 +33,19 @@ ERROR_TAG = "BENCH_ERROR "
 HEADER = "name train_ms eval_ms peak_mb params"
 OPTIMIZER = "Adam(lr=1e-3)"
 
+REFERENCE_ATTENTION = "a_p4cnn@attention_impl=reference"  # the straightforward full attention, as a variant
 # (numerator, denominator, measure, target): the ratios issue 6 sets targets for; "<=" in every case.
 RATIO_TARGETS: list[tuple[str, str, str, float]] = [
     ("fa_p4cnn", "p4cnn", "train_ms", 1.3),
     ("a_p4cnn", "p4cnn", "train_ms", 3.0),
+    ("a_p4cnn", REFERENCE_ATTENTION, "peak_mb", 0.25),
     ("p4cnn", PLAIN, "train_ms", 1.15),
 ]
+MEASURES = {"train_ms": "train time", "eval_ms": "eval time", "peak_mb": "peak memory"}
 # (model, measure, target in MiB, the batch size the target is stated for)
 ABSOLUTE_TARGETS: list[tuple[str, str, float, int]] = [("a_p4_allcnnc", "peak_mb", 2048.0, 16)]
-DEFAULT_MODELS = [PLAIN, "p4cnn", "fa_p4cnn", "a_p4cnn"]  # the rot-MNIST ratios; `make bench` adds a_p4_allcnnc
+# the rot-MNIST ratios; `make bench` adds a_p4_allcnnc
+DEFAULT_MODELS = [PLAIN, "p4cnn", "fa_p4cnn", "a_p4cnn", REFERENCE_ATTENTION]
 
 
 class PlainP4CNN(nn.Module):
@@ -95,6 +99,19 @@ def build_bench_model(name: str, **overrides) -> tuple[nn.Module, list[str]]:
     return build(name, **overrides), []
 
 
+def split_variant(token: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME@KEY=VALUE[,KEY=VALUE...]`` (a model under other build() arguments, measured under that
+    label) -> (model name, overrides)."""
+    name, at, spec = token.partition("@")
+    overrides = {}
+    for item in spec.split(",") if at else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"model {token!r}: expected NAME@KEY=VALUE[,KEY=VALUE...]")
+        overrides[key] = parse_value(value)
+    return name, overrides
+
+
 def parse_value(text: str):
     """A ``--model-arg`` value: int, float, bool (true/false), None (none/null), else the string itself."""
     lowered = text.lower()
@@ -129,7 +146,7 @@ def parse_batch_sizes(items: list[str], names: list[str], default: int) -> dict[
     """``NAME=B`` items -> the batch size of every model (``default`` where none is given)."""
     sizes = dict.fromkeys(names, default)
     for item in items:
-        name, eq, value = item.partition("=")
+        name, eq, value = item.rpartition("=")  # a variant's label holds "=" itself
         if not eq or name not in sizes:
             raise ValueError(f"--batch-size-for {item!r}: expected NAME=B with NAME one of the models being measured")
         try:
@@ -176,14 +193,23 @@ def _timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, batch_size: int, device: str = "cpu", warmup: int = 2, repeats: int = 5, **overrides) -> dict:
+def measure(
+    name: str,
+    batch_size: int,
+    device: str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    compile: bool = False,
+    **overrides,
+) -> dict:
     """Train-step and eval-forward times (median ms), peak memory (MiB) and parameter count of one model.
 
     The training step is forward, cross-entropy, backward and an Adam(lr=1e-3) step on random inputs of the
-    model's input shape and random labels. Peak memory: on CUDA ``max_memory_allocated`` over the warm-up and
-    timed steps (model, optimizer state and inputs included); on CPU the growth of the peak resident set size
-    (``ru_maxrss``) over the RSS measured just before the first forward, which is only meaningful in a fresh
-    process (the worker).
+    model's input shape and random labels. ``compile``: the model runs under ``torch.compile`` (the compilation
+    happens in the warm-up steps, which therefore must be at least 1).
+    Peak memory: on CUDA ``max_memory_allocated`` over the warm-up and timed steps (model, optimizer state and
+    inputs included); on CPU the growth of the peak resident set size (``ru_maxrss``) over the RSS measured just
+    before the first forward, which is only meaningful in a fresh process (the worker).
     """
     from attentive_gcnn.models import count_parameters
 
@@ -194,15 +220,16 @@ def measure(name: str, batch_size: int, device: str = "cpu", warmup: int = 2, re
     x = torch.randn(batch_size, *model.input_shape, device=dev)
     y = torch.randint(0, model.num_classes, (batch_size,), device=dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run = torch.compile(model) if compile else model
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(run(x), y).backward()
         optimizer.step()
 
     def eval_forward() -> None:
         with torch.no_grad():
-            model(x)
+            run(x)
 
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -235,12 +262,14 @@ def _worker(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--overrides", default="{}", help="JSON object of build() overrides")
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
+        overrides = json.loads(args.overrides)
         result = measure(
-            args.worker, args.batch_size, args.device, args.warmup, args.repeats, **json.loads(args.overrides)
+            args.worker, args.batch_size, args.device, args.warmup, args.repeats, args.compile, **overrides
         )
     except Exception as e:  # reported to the parent, which goes on with the next model
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
@@ -252,7 +281,8 @@ def _worker(argv: list[str]) -> int:
 
 @dataclass
 class Run:
-    """What one worker returned: a result dict, or the reason it failed."""
+    """What one worker returned: a result dict, or the reason it failed. ``name`` is the label (a model name,
+    or ``NAME@KEY=VALUE...`` for a variant)."""
 
     name: str
     batch_size: int
@@ -270,11 +300,15 @@ def run_worker(
     repeats: int,
     overrides: dict,
     timeout: float | None = None,
+    compile: bool = False,
 ) -> Run:
-    """Measure NAME in a fresh ``python -m attentive_gcnn.bench --worker`` process."""
-    cmd = [sys.executable, "-m", "attentive_gcnn.bench", "--worker", name, "--batch-size", str(batch_size)]
+    """Measure NAME (a model or a ``NAME@KEY=VALUE`` variant) in a fresh ``python -m attentive_gcnn.bench
+    --worker`` process; ``overrides`` add to (and win over) the variant's arguments."""
+    model, variant = split_variant(name)
+    overrides = variant | overrides
+    cmd = [sys.executable, "-m", "attentive_gcnn.bench", "--worker", model, "--batch-size", str(batch_size)]
     cmd += ["--device", device, "--threads", str(threads), "--warmup", str(warmup), "--repeats", str(repeats)]
-    cmd += ["--overrides", json.dumps(overrides)]
+    cmd += ["--overrides", json.dumps(overrides)] + (["--compile"] if compile else [])
     run = Run(name, batch_size, overrides=overrides)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -317,7 +351,7 @@ def ratio_lines(runs: list[Run], baselines: list[str]) -> list[tuple[str, str, s
             if done[num].batch_size != done[den].batch_size:
                 note = f" (batch sizes differ: {done[num].batch_size} vs {done[den].batch_size})"
             verdict = ("PASS" if value <= target else "FAIL") + note
-            rows.append((f"{num} / {den} {key.removesuffix('_ms')} time", f"{value:.2f}", f"<= {target:g}", verdict))
+            rows.append((f"{num} / {den} {MEASURES[key]}", f"{value:.2f}", f"<= {target:g}", verdict))
     for name, key, target, batch in ABSOLUTE_TARGETS:
         if name in done:
             value = done[name].result[key]
@@ -378,7 +412,9 @@ def machine_description(device: str, threads: int, command: str) -> list[str]:
     return lines
 
 
-def markdown_report(runs: list[Run], rows, device: str, threads: int, command: str, warmup: int, repeats: int) -> str:
+def markdown_report(
+    runs: list[Run], rows, device: str, threads: int, command: str, warmup: int, repeats: int, compiled: bool = False
+) -> str:
     peak = (
         "`torch.cuda.max_memory_allocated` over the steps (model, optimizer state and inputs included)"
         if device == "cuda"
@@ -392,6 +428,7 @@ def markdown_report(runs: list[Run], rows, device: str, threads: int, command: s
         f"eval: `model.eval()` forward under `torch.no_grad()`; times are the median of {repeats} steps after "
         f"{warmup} warm-up steps",
         f"- peak memory: {peak}",
+        f"- torch.compile: {'every model (compiled during the warm-up steps)' if compiled else 'no (eager)'}",
         "",
         "| model | batch | train step (ms) | eval forward (ms) | peak memory (MiB) | parameters |",
         "|---|---:|---:|---:|---:|---:|",
@@ -422,7 +459,12 @@ def build_parser(prog: str = "bench.py", description: str | None = None) -> argp
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     default = " ".join(DEFAULT_MODELS)
-    parser.add_argument("models", nargs="*", help=f"model config names, or {PLAIN} (default: {default})")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        help=f"model config names, {PLAIN}, or NAME@KEY=VALUE[,KEY=VALUE...] for a model under other build() "
+        f"arguments, e.g. {REFERENCE_ATTENTION} (default: {default})",
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="batch size of every model (default 128)")
     parser.add_argument(
         "--batch-size-for", action="append", default=[], metavar="NAME=B", help="per-model batch size (repeatable)"
@@ -440,6 +482,9 @@ def build_parser(prog: str = "bench.py", description: str | None = None) -> argp
     )
     parser.add_argument("--baseline", action="append", default=[], metavar="NAME", help="print ratios to NAME")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per model before it counts as failed")
+    parser.add_argument(
+        "--compile", action="store_true", help="run every model under torch.compile (compiled in the warm-up)"
+    )
     parser.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="also write a Markdown report")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --markdown file")
     return parser
@@ -453,7 +498,10 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
     args = parser.parse_args(argv)
     names = args.models or DEFAULT_MODELS
     known = bench_model_names()
-    unknown = [n for n in names if n not in known]
+    try:
+        unknown = [n for n in names if split_variant(n)[0] not in known]
+    except ValueError as e:
+        parser.error(str(e))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if len(set(names)) != len(names):
@@ -463,6 +511,8 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
         parser.error(f"--baseline {', '.join(missing_base)}: not among the models being measured")
     if args.batch_size < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("--batch-size and --repeats must be positive, --warmup non-negative")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs at least one warm-up step (the compilation)")
     try:
         overrides = parse_model_args(args.model_arg, names)
         batch_sizes = parse_batch_sizes(args.batch_size_for, names, args.batch_size)
@@ -481,7 +531,15 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
     runs = []
     for name in names:
         run = run_worker(
-            name, batch_sizes[name], device, threads, args.warmup, args.repeats, overrides[name], args.timeout
+            name,
+            batch_sizes[name],
+            device,
+            threads,
+            args.warmup,
+            args.repeats,
+            overrides[name],
+            args.timeout,
+            args.compile,
         )
         runs.append(run)
         print(format_line(run), flush=True)
@@ -492,6 +550,8 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
         print(f"{what}: {value}" + (f" (target {target}) {verdict}" if target else ""))
     used_threads = next((r.result["threads"] for r in runs if r.result), threads)
     notes = [f"# device {device}, torch threads {used_threads}, warm-up {args.warmup}, median of {args.repeats}"]
+    if args.compile:
+        notes.append("# every model under torch.compile")
     notes.append(f"# train step: forward + cross-entropy + backward + {OPTIMIZER} step on random inputs")
     odd = {n: b for n, b in batch_sizes.items() if b != args.batch_size}
     notes.append(
@@ -504,7 +564,7 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
 
     if args.markdown is not None:
         command = shlex.join(["python", prog, *argv])
-        text = markdown_report(runs, rows, device, used_threads, command, args.warmup, args.repeats)
+        text = markdown_report(runs, rows, device, used_threads, command, args.warmup, args.repeats, args.compile)
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
         print(f"wrote {args.markdown}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -60,8 +61,22 @@ def check_options(cfg: DictConfig) -> None:
         problems.append(f"num_workers={cfg.num_workers} must be a non-negative integer")
     if cfg.progress not in ("auto", True, False):
         problems.append(f"progress={cfg.progress} must be auto, true or false")
+    if cfg.get("compile", False) not in (True, False):
+        problems.append(f"compile={cfg.compile} must be true or false")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def compiled(model: torch.nn.Module, compile: bool, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(model)`` where ``compile`` (the module to call; checkpoints keep ``model`` itself).
+
+    On a CPU the compiled kernels are C++, so a C++ compiler must be on the PATH (or in ``$CXX``).
+    """
+    if not compile:
+        return model
+    if device.type == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
+        raise ConfigError("compile=true on a CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX)")
+    return torch.compile(model)
 
 
 def pick_device(name: str) -> torch.device:
@@ -162,7 +177,8 @@ class Run:
         self.optimizer = instantiate(cfg.training.optimizer)(self.model.parameters())
         self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
         progress = show_progress(cfg.progress)
-        self.trainer = Trainer(self.model, self.optimizer, self.device, amp=cfg.amp, progress=progress)
+        module = compiled(self.model, cfg.get("compile", False), self.device)
+        self.trainer = Trainer(module, self.optimizer, self.device, amp=cfg.amp, progress=progress)
         self.mirror = instantiate(cfg.logger)
         self.metrics = MetricsCSV(run_dir / METRICS)
         self.epoch, self.elapsed, self.run_id = 0, 0.0, None
@@ -354,7 +370,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     check_fits(model, ckpt["model"], source, cfg.dataset)
     splits = source.splits(cfg.protocol)
     trainer = Trainer(
-        model.to(device),
+        compiled(model.to(device), cfg.get("compile", False), device),
         None,
         device,
         amp=cfg.amp,
