@@ -1,5 +1,6 @@
-"""The lean full attention (``impl="lean"``, :mod:`attentive_gcnn.nn.attention.lean`) computes the same function as
-the straightforward reference, holds far less memory for backward, and keeps the same maps."""
+"""The lean attention (``impl="lean"``: :mod:`attentive_gcnn.nn.attention.lean` for the full attention,
+:mod:`attentive_gcnn.nn.attention.feature_lean` for alpha-F) computes the same function as the straightforward
+reference, keeps the same maps, and (full attention) holds far less memory for backward."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from attentive_gcnn.models import build
-from attentive_gcnn.nn import AttGConv
+from attentive_gcnn.nn import AttGConv, FAttGConv
+from attentive_gcnn.nn.attention import attention_maps, feature
 from attentive_gcnn.nn.attention.lean import PlanewiseConv
 from tests.conftest import GROUPS, rel_err
 
@@ -83,6 +85,45 @@ def test_planewise_conv_is_the_grouped_conv(dilation):
     assert rel_err(ours, theirs) < 1e-12
     for a, b in zip(torch.autograd.grad(ours, (x, w), g), torch.autograd.grad(theirs, (x, w), g), strict=True):
         assert rel_err(a, b) < 1e-12
+
+
+FEATURE_VARIANTS = [*VARIANTS, pytest.param(dict(spatial_dilation=2), id="dilated")]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
+@pytest.mark.parametrize("variant", FEATURE_VARIANTS)
+def test_lean_alpha_f_equals_reference_in_values_gradients_and_maps(group, lifting, variant):
+    ref = FAttGConv(group, 3, 4, 3, lifting=lifting, ratio=1, padding=1, impl="reference", **variant).double()
+    lean = copy.deepcopy(ref)
+    lean.impl = "lean"
+    x = torch.randn(2, 3, *(() if lifting else (ref.group.order,)), 9, 9, dtype=torch.float64)
+    g = torch.randn_like(ref(x))
+    for a, b in zip(values_and_grads(ref, x, g), values_and_grads(lean, x, g), strict=True):
+        assert rel_err(b, a) < 1e-10
+    assert attention_maps(ref).keys() == attention_maps(lean).keys()
+    for name, a in attention_maps(ref).items():
+        b = attention_maps(lean)[name]
+        assert a.shape == b.shape and rel_err(b, a) < 1e-12
+    with torch.no_grad():
+        assert rel_err(lean(x), ref(x)) < 1e-10
+    frozen = copy.deepcopy(lean).requires_grad_(False)  # no parameter gradients wanted: input gradient only
+    assert rel_err(torch.autograd.grad(frozen(x.requires_grad_()), x, g)[0], values_and_grads(ref, x, g)[1]) < 1e-10
+
+
+def test_alpha_f_models_select_the_implementation(monkeypatch):
+    assert {m.impl for m in build("fa_p4cnn").modules() if isinstance(m, FAttGConv)} == {"lean"}
+    model = build("fa_p4cnn", attention_impl="reference")
+    assert {m.impl for m in model.modules() if isinstance(m, FAttGConv)} == {"reference"}
+
+    def refuse(*args):
+        raise AssertionError("RomHog's 1x1 spatial attention over all channels has no lean path")
+
+    monkeypatch.setattr(feature, "lean_feature_attend", refuse)
+    romhog = build("romhog_p4cnn")
+    assert romhog(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="impl"):
+        FAttGConv("p4", 2, 2, 3, lifting=False, impl="fast")
 
 
 def test_lean_is_the_default_and_models_select_the_reference():

@@ -36,8 +36,9 @@ class LayerKit:
             kernels use ``wscale`` with the uniform fan-in rule.
         haar: apply the Haar factors of the authors' code (``haar=code_exact``); False drops them.
         combine: how attention weights its input (see :func:`attentive_gcnn.nn.attend`).
-        attention_impl: how full attention is computed: ``lean`` (never all intermediate responses at once,
-            see :mod:`attentive_gcnn.nn.attention.lean`) or ``reference`` (all at once); the same function.
+        attention_impl: how attention is computed: ``lean`` (full attention without all intermediate responses
+            at once, :mod:`attentive_gcnn.nn.attention.lean`; alpha-F as one autograd node,
+            :mod:`attentive_gcnn.nn.attention.feature_lean`) or ``reference`` (op by op); the same function.
     """
 
     group: str | Group = "p4"
@@ -73,7 +74,7 @@ class LayerKit:
             ratio = max(in_channels // 2, 1) if ratio == "half" else ratio
             kw |= dict(ratio=ratio, spatial_kernel=spatial_kernel, spatial_dilation=spatial_dilation)
             kw |= dict(combine=self.combine) | fixed
-        if cls is AttGConv:
+        if cls in (AttGConv, FAttGConv):
             kw["impl"] = self.attention_impl
         return cls(self.group, in_channels, out_channels, kernel_size, lifting=lifting, **kw)
 

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from attentive_gcnn.groups import Z2, Group, get_group
 from attentive_gcnn.nn.attention.combine import KeepsMap, attend
-from attentive_gcnn.nn.attention.full import _hidden
+from attentive_gcnn.nn.attention.feature_lean import lean_feature_attend
+from attentive_gcnn.nn.attention.full import IMPLS, _hidden
 from attentive_gcnn.nn.conv import GConv
 
 
@@ -44,6 +45,12 @@ class FeatureChannelAttention(KeepsMap, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xg = x if self.on_group else x.unsqueeze(2)  # [B, Ci, n, X, Y]
+        a = self.from_stats(xg.mean(dim=(-2, -1)), xg.amax(dim=(-2, -1)))[..., None, None]
+        return self.keep(a if self.on_group else a.squeeze(2))
+
+    def from_stats(self, s_avg: Tensor, s_max: Tensor) -> Tensor:
+        """``sigmoid(mlp(s_avg) + mlp(s_max))``: spatial mean and max ``[B, Ci, n]`` -> ``[B, Ci, n]`` (n = 1 on a
+        planar input)."""
         n = self.group.order
         w1 = self.weight_fc1.reshape(*self.weight_fc1.shape[:2], n)[:, :, self.index]  # [q, Ci, n_out, n_in]
         w2 = self.weight_fc2.reshape(*self.weight_fc2.shape[:2], n)[:, :, self.index]  # [Ci, q, n_out, n_in]
@@ -52,8 +59,7 @@ class FeatureChannelAttention(KeepsMap, nn.Module):
             hid = torch.relu(torch.einsum("qcji,bci->bqj", w1, s))
             return torch.einsum("cqji,bqi->bcj", w2, hid)
 
-        a = torch.sigmoid(mlp(xg.mean(dim=(-2, -1))) + mlp(xg.amax(dim=(-2, -1))))[..., None, None]
-        return self.keep(a if self.on_group else a.squeeze(2))
+        return torch.sigmoid(mlp(s_avg) + mlp(s_max))
 
 
 class FeatureSpatialAttention(KeepsMap, GConv):
@@ -95,10 +101,15 @@ class FeatureSpatialAttention(KeepsMap, GConv):
 
     def forward(self, x: Tensor) -> Tensor:
         z = torch.cat((x.mean(1, keepdim=True), x.amax(1, keepdim=True)), dim=1) if self.pool_channels else x
+        return self.keep(self.from_stats(z))
+
+    def from_stats(self, z: Tensor) -> Tensor:
+        """The map from the conv's input ``z`` (the stacked channel mean and max, or all channels): ``[B, 1, |H|,
+        X, Y]`` on G, ``[B, 1, X, Y]`` on the plane."""
         logits = super().forward(z)  # [B, 1, |H|, X, Y]
         if self.lifting:
             logits = logits.amax(dim=2)
-        return self.keep(torch.sigmoid(logits))
+        return torch.sigmoid(logits)
 
 
 class FAttGConv(GConv):
@@ -113,6 +124,9 @@ class FAttGConv(GConv):
         pool_channels: spatial attention on (mean_c, max_c) statistics (alpha-F); False gives RomHog's conv
             over all channels (use ``channel=False, spatial_kernel=1``).
         combine: see :func:`attend`.
+        impl: ``lean`` (default; :func:`~attentive_gcnn.nn.attention.feature_lean.lean_feature_attend`, one
+            autograd node with few passes over the input) or ``reference`` (:func:`attend`, op by op); the same
+            function. RomHog's attention (``pool_channels=False``) always runs op by op.
     Attention kernels use the conv's ``wscale`` and ``haar``.
     """
 
@@ -133,12 +147,15 @@ class FAttGConv(GConv):
         combine: str = "one_minus_product",
         wscale: float = 1.0,
         haar: bool = True,
+        impl: str = "lean",
         **conv_kw,
     ):
         super().__init__(
             group, in_channels, out_channels, kernel_size, lifting=lifting, wscale=wscale, haar=haar, **conv_kw
         )
-        self.combine = combine
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.combine, self.impl = combine, impl
         on_group = not lifting
         self.channel_attention = FeatureChannelAttention(self.group, in_channels, ratio, on_group) if channel else None
         self.spatial_attention = (
@@ -151,7 +168,9 @@ class FAttGConv(GConv):
 
     def forward(self, x: Tensor) -> Tensor:
         self.fold_input(x)  # shape check before the attention sees x
-        return super().forward(attend(x, self.channel_attention, self.spatial_attention, self.combine))
+        ca, sa = self.channel_attention, self.spatial_attention
+        lean = self.impl == "lean" and (sa is None or sa.pool_channels)
+        return super().forward((lean_feature_attend if lean else attend)(x, ca, sa, self.combine))
 
 
 class FAttLiftingConv(FAttGConv):
