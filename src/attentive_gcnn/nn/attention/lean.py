@@ -180,24 +180,39 @@ def argmax_pass(
     ``channel_map(s_max, o)`` the channel attention ``[B, Co', |H|, Ci, n_in]`` of those channels from their
     spatial maxima ``s_max [B, Co', |H|, Ci, n_in]`` (None: no channel attention).
     """
-    found: dict[str, list[Tensor]] = {"spatial": [], "channel": [], "winner": []}
-    to_attention = (0, 3, 4, 1, 2)  # [B, Ci, n_in, Co', H] -> [B, Co', H, Ci, n_in]
+    found = ArgMaxes()
+    buffers: dict[str, Tensor] = {}  # per-chunk scratch, reused: fewer allocations for the allocator to keep
+
+    def buffer(name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        full = buffers.get(name)
+        if full is None:
+            full = buffers[name] = torch.empty_like(like, dtype=dtype or like.dtype)
+        return full[:, :, :, : like.shape[3]]  # the last chunk may hold fewer output channels
+
     with torch.no_grad():
         for o0 in range(0, out_channels, step):
             o = slice(o0, min(o0 + step, out_channels))
-            ft = responses(o)
+            ft = responses(o)  # [B, Ci, n_in, Co', H, X', Y']
+            b, ci, n_in, _, n_h = ft.shape[:5]
             g = ft
             if channel_map is not None:
                 s_max, pos = ft.flatten(-2).max(dim=-1)
-                found["spatial"].append(pos.permute(*to_attention))
-                a = channel_map(s_max.permute(*to_attention), o)  # [B, Co', H, Ci, n_in]
-                g = ft * a.permute(0, 3, 4, 1, 2)[..., None, None]
+                if found.spatial is None:
+                    found.spatial = pos.new_empty(b, out_channels, n_h, ci, n_in)
+                found.spatial[:, o] = pos.permute(0, 3, 4, 1, 2)
+                a = channel_map(s_max.permute(0, 3, 4, 1, 2), o)  # [B, Co', H, Ci, n_in]
+                g = torch.mul(ft, a.permute(0, 3, 4, 1, 2)[..., None, None], out=buffer("g", ft))
             if spatial:
-                c = g.max(dim=1, keepdim=True).indices  # [B, 1, n_in, Co', H, X', Y']
-                found["winner"].append(ft.gather(1, c).squeeze(1))
-                found["channel"].append(c.squeeze(1).to(_index_dtype(ft.shape[1])))
-    axis = {"spatial": 1, "channel": 2, "winner": 2}  # the Co axis
-    return ArgMaxes(**{key: torch.cat(parts, dim=axis[key]) if parts else None for key, parts in found.items()})
+                values, c = buffer("max", ft[:, :1]), buffer("argmax", ft[:, :1], torch.long)
+                torch.max(g, dim=1, keepdim=True, out=(values, c))  # c [B, 1, n_in, Co', H, X', Y']
+                if found.winner is None:
+                    shape = (b, n_in, out_channels, n_h, *ft.shape[-2:])
+                    found.winner = ft.new_empty(shape)
+                    found.channel = torch.empty(shape, dtype=_index_dtype(ci), device=ft.device)
+                torch.gather(ft, 1, c, out=found.winner[:, None, :, o])
+                found.channel[:, :, o] = c.squeeze(1)
+            del ft, g
+    return found
 
 
 def _index_dtype(n: int) -> torch.dtype:
