@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from attentive_gcnn.groups import Group, get_group
 from attentive_gcnn.nn.attention import lean
@@ -124,12 +125,13 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
 
-    def from_lmajor_stats(self, mean: Tensor, maximum: Tensor) -> Tensor:
-        """The same map from l-major statistics, ``mean, maximum [B, n_in, Co, |H|, X, Y]`` -> same shape, with
-        :class:`~attentive_gcnn.nn.attention.lean.PlanewiseConv` (same function, faster on CPUs)."""
+    def from_lmajor_stats(self, mean: Tensor, maximum: Tensor, o: slice = slice(None)) -> Tensor:
+        """The same map from l-major statistics, ``mean, maximum [B, n_in, Co', |H|, X, Y]`` (output channels
+        ``o``) -> same shape, with :class:`~attentive_gcnn.nn.attention.lean.PlanewiseConv` (same function, faster
+        on CPUs)."""
         b, n_in, co, n_h, x, y = mean.shape
         k = self.kernel_size
-        bank = self._bank().permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, 2, k, k)  # [(l, o, j), stat]
+        bank = self._bank(o).permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, 2, k, k)  # [(l, o, j), stat]
         # channels-last [B, X, Y, (l, o, j, stat)]: the layout the conv runs in
         stats = torch.stack((mean.flatten(1, 3).permute(0, 2, 3, 1), maximum.flatten(1, 3).permute(0, 2, 3, 1)), -1)
         stats = stats.view(b, x, y, -1).permute(0, 3, 1, 2)
@@ -151,6 +153,9 @@ class AttGConv(GConv):
     (all of ``ft`` at once, the straightforward computation); the same function.
     chunk_elements: the lean path builds ``ft`` (without autograd) for chunks of output channels of at most
     this many values, or one channel.
+    attend_chunk_elements: the lean path's differentiable part runs (and is recomputed in backward) over chunks
+    of output channels whose per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` hold at most this many
+    values, or one channel: larger is faster and holds more memory.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class AttGConv(GConv):
         haar: bool = True,
         impl: str = "lean",
         chunk_elements: int = 2**22,
+        attend_chunk_elements: int = 2**21,
         **conv_kw,
     ):
         super().__init__(
@@ -179,7 +185,8 @@ class AttGConv(GConv):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.scale = 1.0 if (lifting or not haar) else 2 * math.pi / self.group.order
-        self.combine, self.impl, self.chunk_elements = combine, impl, chunk_elements
+        self.combine, self.impl = combine, impl
+        self.chunk_elements, self.attend_chunk_elements = chunk_elements, attend_chunk_elements
         self.channel_attention = (
             FullChannelAttention(self.group, in_channels, out_channels, ratio, lifting) if channel else None
         )
@@ -213,9 +220,11 @@ class AttGConv(GConv):
         """The straightforward computation: all of ``ft`` at once (the tested reference)."""
         return attend(self.responses(x), self.channel_attention, self.spatial_attention, self.combine).sum(dim=(3, 4))
 
-    def chunk_size(self, ft_elements_per_channel: int) -> int:
-        """Output channels per chunk, so that one chunk of ``ft`` holds at most ``chunk_elements`` values."""
-        return max(1, min(self.out_channels, self.chunk_elements // max(ft_elements_per_channel, 1)))
+    def chunk_size(self, elements_per_channel: int, budget: int | None = None) -> int:
+        """Output channels per chunk, so that a chunk of a tensor with ``elements_per_channel`` values per output
+        channel holds at most ``budget`` values (default ``chunk_elements``), or one channel."""
+        budget = self.chunk_elements if budget is None else budget
+        return max(1, min(self.out_channels, budget // max(elements_per_channel, 1)))
 
     def _lean(self, x: Tensor) -> Tensor:
         """The same function without ``ft`` (see :mod:`attentive_gcnn.nn.attention.lean`).
@@ -223,7 +232,9 @@ class AttGConv(GConv):
         With ``G_l = sum_c g`` (``g = a_C * ft``, or ``ft`` without channel attention) the layer is
         ``sum_{c,l} ft - sum_l a_X * G_l`` (``one_minus_product``) or ``sum_l a_X * G_l`` (``product``), and
         channel-only attention is one conv with the per-sample weights ``(1 - a_C) * bank`` (or ``a_C * bank``).
-        ``ft`` is only ever built for a chunk of output channels, without autograd, to find the arg-maxes.
+        ``ft`` is only ever built for a chunk of output channels, without autograd, to find the arg-maxes. The rest
+        runs over chunks of output channels too, each recomputed in backward (``torch.utils.checkpoint``), so that
+        training holds the per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` of one chunk at a time.
         """
         xin = self.fold_input(x)
         bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
@@ -242,23 +253,45 @@ class AttGConv(GConv):
             channel_map if ca is not None else None,
             sa is not None,
         )
-        a = None
+        step = self.chunk_size(xin.shape[0] * self.group.order * self.in_order * geo.pixels, self.attend_chunk_elements)
+        outs, maps = [], []
+        for o0 in range(0, self.out_channels, step):
+            o = slice(o0, min(o0 + step, self.out_channels))
+            args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, found.spatial))]
+            args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
+            if torch.is_grad_enabled():
+                out, *chunk_maps = checkpoint(self._attend, *args, o, geo, use_reentrant=False)
+            else:
+                out, *chunk_maps = self._attend(*args, o, geo)
+            outs.append(out)
+            maps.append(chunk_maps)
         if ca is not None:
-            a = ca.from_stats(s_avg, lean.responses_at(xin, bank, found.spatial, geo))
-            ca.keep(a[..., None, None])
+            ca.keep(torch.cat([m[0] for m in maps], dim=1))
+        if sa is not None:
+            sa.keep(torch.cat([m[-1] for m in maps], dim=1))
+        return torch.cat(outs, dim=1)
+
+    def _attend(self, xin, bank, s_avg, spatial_at, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
+        """The layer's output for the output channels ``o`` of ``bank``, given the arg-maxes (see :meth:`_lean`),
+        and the (detached) maps of the chunk."""
+        ca, sa = self.channel_attention, self.spatial_attention
+        a, maps = None, []
+        if ca is not None:
+            a = ca.from_stats(s_avg, lean.responses_at(xin, bank, spatial_at, geo), o)
+            maps.append(a.detach()[..., None, None])
         if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
             if a is not None and self.combine == "one_minus_product":
                 a = 1 - a
-            return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True)
-        # per-orientation tensors are l-major, [B, n_in, Co, H, X', Y'], the layout of the convs that make them
+            return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True), *maps
+        # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
         summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
-        winner = lean.SelectedResponses.apply(xin, bank, a, found.channel, found.winner, geo)  # max_c g
-        a_x = sa.from_lmajor_stats(summed / self.in_channels, winner)
-        sa.keep(a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3))  # [B, Co, H, 1, n_in, X', Y']
+        maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
+        a_x = sa.from_lmajor_stats(summed / self.in_channels, maximum, o)
+        maps.append(a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3))  # [B, Co', H, 1, n_in, X', Y']
         weighted = (a_x * summed).sum(dim=1)
         if self.combine == "product":
-            return weighted
-        return lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - weighted
+            return weighted, *maps
+        return lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - weighted, *maps
 
 
 class AttLiftingConv(AttGConv):

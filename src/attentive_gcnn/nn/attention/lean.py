@@ -255,7 +255,7 @@ class SelectedResponses(torch.autograd.Function):
         if a is not None:  # the gradient reaching ft at the winner
             grad = grad * _at_winner(a, channel)
         grad = grad.reshape(b, n_in * co * n_h, *grad.shape[-2:])  # conv layout, groups l
-        channel = channel.view(grad.shape)
+        channel = channel.reshape(grad.shape)
         grad_x = torch.empty_like(xin).view(b, ci, n_in, *xin.shape[-2:]) if need_x else None
         grad_w = torch.empty_like(bank) if need_w else None
         xc = xin.view(b, ci, n_in, *xin.shape[-2:])
