@@ -126,7 +126,7 @@ class FAttGConv(GConv):
         combine: see :func:`attend`.
         impl: ``lean`` (default; :func:`~attentive_gcnn.nn.attention.feature_lean.lean_feature_attend`, one
             autograd node with few passes over the input) or ``reference`` (:func:`attend`, op by op); the same
-            function. RomHog's attention (``pool_channels=False``) always runs op by op.
+            function. RomHog's attention (``pool_channels=False``), and any under ``torch.compile``, runs op by op.
     Attention kernels use the conv's ``wscale`` and ``haar``.
     """
 
@@ -169,7 +169,8 @@ class FAttGConv(GConv):
     def forward(self, x: Tensor) -> Tensor:
         self.fold_input(x)  # shape check before the attention sees x
         ca, sa = self.channel_attention, self.spatial_attention
-        lean = self.impl == "lean" and (sa is None or sa.pool_channels)
+        # under torch.compile the op-by-op form, which the compiler fuses itself
+        lean = self.impl == "lean" and (sa is None or sa.pool_channels) and not torch.compiler.is_compiling()
         return super().forward((lean_feature_attend if lean else attend)(x, ca, sa, self.combine))
 
 
