@@ -154,8 +154,9 @@ class AttGConv(GConv):
     chunk_elements: the lean path builds ``ft`` (without autograd) for chunks of output channels of at most
     this many values, or one channel.
     attend_chunk_elements: the lean path's differentiable part runs (and is recomputed in backward) over chunks
-    of output channels whose per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` hold at most this many
-    values, or one channel: larger is faster and holds more memory.
+    of output channels whose per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` and per-sample conv weights
+    ``[B, Co', |H|, Ci, n_in, k, k]`` hold at most this many values each, or one channel: larger is faster and
+    holds more memory.
     """
 
     def __init__(
@@ -253,7 +254,10 @@ class AttGConv(GConv):
             channel_map if ca is not None else None,
             sa is not None,
         )
-        step = self.chunk_size(xin.shape[0] * self.group.order * self.in_order * geo.pixels, self.attend_chunk_elements)
+        per_channel = xin.shape[0] * self.group.order * self.in_order * geo.pixels  # of a per-orientation tensor
+        if ca is not None:  # ... and of the per-sample conv weights a_C * W
+            per_channel = max(per_channel, xin.shape[0] * self.group.order * xin.shape[1] * self.kernel_size**2)
+        step = self.chunk_size(per_channel, self.attend_chunk_elements)
         outs, maps = [], []
         for o0 in range(0, self.out_channels, step):
             o = slice(o0, min(o0 + step, self.out_channels))

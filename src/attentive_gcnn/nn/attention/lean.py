@@ -11,6 +11,9 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
   at those positions (:func:`responses_at`) or, for the channel max, by :class:`SelectedResponses`, whose
   backward touches each position's winning channel only.
 
+The spatial-attention conv runs as :class:`PlanewiseConv`. :class:`~attentive_gcnn.nn.attention.full.AttGConv`
+puts these together, over chunks of output channels recomputed in backward.
+
 Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``bank [Co, |H|, Ci, n_in, k, k]``.
 """
 
