@@ -74,6 +74,16 @@ def test_lean_equals_reference_for_strides_paddings_and_dilations(stride, paddin
         assert rel_err(b, a) < 1e-10
 
 
+def test_lean_equals_reference_over_uneven_chunks():
+    ref, lean = twins("p4", False, 4, 5)
+    x = torch.randn(2, 4, 4, 7, 7, dtype=torch.float64)
+    g = torch.randn(2, 5, 4, 7, 7, dtype=torch.float64)
+    lean.chunk_elements = 2 * (2 * 4 * 4 * 4 * 49)  # ft of 2 output channels: chunks of 2, 2 and 1
+    lean.attend_chunk_elements = 2 * (2 * 4 * 4 * 49)  # per-orientation tensors of 2 output channels
+    for a, b in zip(values_and_grads(ref, x, g), values_and_grads(lean, x, g), strict=True):
+        assert rel_err(b, a) < 1e-10
+
+
 @pytest.mark.parametrize("dilation", [1, 3])
 def test_planewise_conv_is_the_grouped_conv(dilation):
     x = torch.randn(3, 12, 8, 8, dtype=torch.float64, requires_grad=True)
