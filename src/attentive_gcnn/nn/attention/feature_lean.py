@@ -4,8 +4,8 @@ The attention maps come from small tensors (statistics ``[B, Ci, n]`` and ``[B, 
 MLP and conv; everything of the size of ``x`` is done here by hand, in forward and backward:
 
 - channel statistics: spatial mean, and the spatial max with its arg-max (its gradient goes there only);
-- spatial statistics of ``g = a_C * x``: ``mean_c g = sum_c a_C x / Ci`` (one contraction, no ``g``), and
-  ``max_c g`` from its arg-max c* (its gradient goes to ``x`` and ``a_C`` at c* only);
+- spatial statistics of ``g = a_C * x`` (computed once, and reused for the output): ``mean_c g``, and ``max_c g``
+  with its arg-max c* (its gradient goes to ``x`` and ``a_C`` at c* only);
 - the product ``x * (1 - a_C a_X)`` (``one_minus_product``; ``x * a_C a_X`` for ``product``), algebraically the
   reference's ``x - a_X (a_C x)``: equal to float round-off.
 
@@ -39,7 +39,6 @@ class _Graph:
     """A small differentiable map from detached leaves, built under grad mode (or not at all)."""
 
     def __init__(self, fn, leaves: list[Tensor], build: bool):
-        self.build = build
         self.leaves = [t.detach().requires_grad_(build) for t in leaves]
         with torch.set_grad_enabled(build):
             self.out = fn(*self.leaves)

@@ -57,11 +57,7 @@ class FullChannelAttention(KeepsMap, nn.Module):
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
 
     def forward(self, ft: Tensor) -> Tensor:
-        return self.keep(self.compute(ft))
-
-    def compute(self, ft: Tensor, o: slice = slice(None)) -> Tensor:
-        """The map for the output channels ``o`` of ``ft`` (``ft`` holds exactly those channels); not kept."""
-        return self.from_stats(ft.mean(dim=(-2, -1)), ft.amax(dim=(-2, -1)), o)[..., None, None]
+        return self.keep(self.from_stats(ft.mean(dim=(-2, -1)), ft.amax(dim=(-2, -1)))[..., None, None])
 
     def from_stats(self, s_avg: Tensor, s_max: Tensor, o: slice = slice(None)) -> Tensor:
         """``sigmoid(mlp(s_avg) + mlp(s_max))`` for the output channels ``o``: ``[B, Co', |H|, Ci, n_in]``."""
@@ -105,22 +101,18 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         INITS["uniform_fan_in"](self.weight, wscale, 2 * kernel_size**2)  # fan-in: the 2 statistics
 
     def forward(self, g: Tensor) -> Tensor:
-        return self.keep(self.compute(g))
-
-    def compute(self, g: Tensor, o: slice = slice(None)) -> Tensor:
-        """The map for the output channels ``o`` of ``g`` (``g`` holds exactly those channels); not kept."""
-        return self.from_stats(torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4), o)
+        return self.keep(self.from_stats(torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4)))
 
     def _bank(self, o: slice = slice(None)) -> Tensor:
         """The transformed kernels ``[Co', |H|, 2, n_in, k, k]``: plane (o, j, l) gets ``[o, j, :, l]``."""
         co, k = self.weight[o].shape[0], self.kernel_size
         return transformed_filters(self.weight[o].reshape(co, 2, self.n_in, k, k), self.group, self.index)
 
-    def from_stats(self, stats: Tensor, o: slice = slice(None)) -> Tensor:
-        """``stats [B, Co', |H|, n_in, 2, X, Y]`` (mean, max over c) -> ``[B, Co', |H|, 1, n_in, X, Y]``."""
+    def from_stats(self, stats: Tensor) -> Tensor:
+        """``stats [B, Co, |H|, n_in, 2, X, Y]`` (mean, max over c) -> ``[B, Co, |H|, 1, n_in, X, Y]``."""
         b, co, n_h, n_in, _, x, y = stats.shape
         k, d = self.kernel_size, self.dilation
-        bank = self._bank(o).transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
+        bank = self._bank().transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
         stats = stats.reshape(b, co * n_h * n_in * 2, x, y)
         logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
