@@ -11,11 +11,6 @@ EPOCHS ?=
 PROTOCOLS ?= clean original
 REPRODUCE = $(BIN)/python scripts/reproduce.py --seeds $(SEEDS) --protocols $(PROTOCOLS) $(if $(EPOCHS),--epochs $(EPOCHS))
 ARGS ?=
-SEEDS ?= 3
-TABLE ?= all
-EPOCHS ?=
-PROTOCOLS ?= clean original
-REPRODUCE = $(BIN)/python scripts/reproduce.py --seeds $(SEEDS) --protocols $(PROTOCOLS) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 .DEFAULT_GOAL := help
 .PHONY: help install train reproduce reproduce-mini bench lint format test test-full clean
@@ -26,9 +21,10 @@ help: ## List the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python ## Create .venv, install the pinned requirements and the package (editable)
+install: $(BIN)/python ## Create .venv, install the pinned requirements and the package (editable), build the CPU kernels
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m attentive_gcnn.kernels
 
 train: ## Train the default job (P4CNN on the embedded rotmnist_mini, CPU); ARGS="key=value ..." overrides
 	$(BIN)/python -m attentive_gcnn.train $(ARGS)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from attentive_gcnn.models import build
 from attentive_gcnn.nn import AttGConv, FAttGConv
-from attentive_gcnn.nn.attention import attention_maps, feature
+from attentive_gcnn.nn.attention import attention_maps, feature, feature_lean
 from attentive_gcnn.nn.attention.lean import PlanewiseConv
 from tests.conftest import GROUPS, rel_err
 
@@ -102,7 +102,10 @@ FEATURE_VARIANTS = [*VARIANTS, pytest.param(dict(spatial_dilation=2), id="dilate
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
 @pytest.mark.parametrize("variant", FEATURE_VARIANTS)
-def test_lean_alpha_f_equals_reference_in_values_gradients_and_maps(group, lifting, variant):
+@pytest.mark.parametrize("passes", ["native", "torch"])
+def test_lean_alpha_f_equals_reference_in_values_gradients_and_maps(group, lifting, variant, passes, monkeypatch):
+    if passes == "torch":  # the torch-op passes, as on a GPU or without a compiler
+        monkeypatch.setattr(feature_lean, "passes_for", lambda x: feature_lean.TorchPasses())
     ref = FAttGConv(group, 3, 4, 3, lifting=lifting, ratio=1, padding=1, impl="reference", **variant).double()
     lean = copy.deepcopy(ref)
     lean.impl = "lean"

@@ -54,6 +54,8 @@ class GConv(nn.Module):
         haar: multiply the output of a group conv by the Haar constant mu (lifting convs: always 1).
     """
 
+    conv2d = staticmethod(F.conv2d)  #: the planar conv the expanded filter bank runs through
+
     def __init__(
         self,
         group: str | Group,
@@ -108,7 +110,7 @@ class GConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, Ci, X, Y]`` or ``[B, Ci, |H|, X, Y]`` -> ``[B, Co, |H|, X', Y']``."""
-        y = F.conv2d(self.fold_input(x), self.filter_bank(), None, self.stride, self.padding, self.dilation)
+        y = self.conv2d(self.fold_input(x), self.filter_bank(), None, self.stride, self.padding, self.dilation)
         y = y.view(y.shape[0], self.out_channels, self.group.order, *y.shape[-2:])
         return y * self.scale if self.scale != 1.0 else y
 

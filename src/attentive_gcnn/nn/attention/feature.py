@@ -17,6 +17,7 @@ from attentive_gcnn.nn.attention.combine import KeepsMap, attend
 from attentive_gcnn.nn.attention.feature_lean import lean_feature_attend
 from attentive_gcnn.nn.attention.full import IMPLS, _hidden
 from attentive_gcnn.nn.conv import GConv
+from attentive_gcnn.nn.small_conv import small_conv2d
 
 
 class FeatureChannelAttention(KeepsMap, nn.Module):
@@ -75,6 +76,8 @@ class FeatureSpatialAttention(KeepsMap, GConv):
     Stride 1, dilation d, padding ``d * (k // 2)``. Weight ``[1, 2 or Ci(, |H|), k, k]``.
     """
 
+    conv2d = staticmethod(small_conv2d)
+
     def __init__(
         self,
         group: str | Group,
@@ -129,6 +132,8 @@ class FAttGConv(GConv):
             function. RomHog's attention (``pool_channels=False``), and any under ``torch.compile``, runs op by op.
     Attention kernels use the conv's ``wscale`` and ``haar``.
     """
+
+    conv2d = staticmethod(small_conv2d)  # the attended input needs its gradient, also in the lifting layer
 
     def __init__(
         self,

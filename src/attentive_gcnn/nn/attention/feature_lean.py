@@ -1,16 +1,19 @@
 """The alpha-F attention ``x' = x * (1 - a_C * a_X)`` as one autograd node, with few passes over ``x``.
 
 The attention maps come from small tensors (statistics ``[B, Ci, n]`` and ``[B, n, X, Y]``) through the modules'
-MLP and conv; everything of the size of ``x`` is done here by hand, in forward and backward:
+MLP and conv; everything of the size of ``x`` is done by a few passes, in forward and backward:
 
 - channel statistics: spatial mean, and the spatial max with its arg-max (its gradient goes there only);
-- spatial statistics of ``g = a_C * x`` (computed once, and reused for the output): ``mean_c g``, and ``max_c g``
-  with its arg-max c* (its gradient goes to ``x`` and ``a_C`` at c* only);
-- the product ``x * (1 - a_C a_X)`` (``one_minus_product``; ``x * a_C a_X`` for ``product``), algebraically the
+- spatial statistics of ``g = a_C * x``: ``mean_c g``, and ``max_c g`` with its arg-max c* (its gradient goes to
+  ``x`` and ``a_C`` at c* only);
+- the product ``x * (1 - a_C a_X)`` (``one_minus_product``; ``x * a_C a_X`` for ``product``), computed as the
   reference's ``x - a_X (a_C x)``: equal to float round-off.
 
+The passes run as fused CPU kernels (:mod:`attentive_gcnn.kernels`) where those are built and ``x`` is a float32 or
+float64 CPU tensor, else as torch ops (:class:`TorchPasses`, any device); the two agree to round-off.
 The small graphs from statistics to maps are differentiated with :func:`torch.autograd.grad` inside backward.
-Shapes: ``x [B, Ci, n, X, Y]`` on G, ``[B, Ci, X, Y]`` on the plane (n = 1).
+Shapes: ``x [B, Ci, n, X, Y]`` on G, ``[B, Ci, X, Y]`` on the plane (n = 1); inside, ``x`` is ``[B, Ci, n, P]``,
+the channel map ``a [B, Ci, n]`` and the spatial map ``a_x [B, n, P]``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attentive_gcnn.kernels import cpu_kernels
 from attentive_gcnn.nn.attention.combine import COMBINES
 
 
@@ -33,6 +37,96 @@ def lean_feature_attend(x: Tensor, channel: nn.Module | None, spatial: nn.Module
     params = [p for m in (channel, spatial) if m is not None for p in m.parameters()]
     build_graph = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return FeatureAttend.apply(x, channel, spatial, combine == "product", build_graph, *params)
+
+
+class TorchPasses:
+    """The passes over ``x [B, C, n, P]`` in torch ops. ``a`` and ``a_x`` are None where that part is off."""
+
+    @staticmethod
+    def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Spatial mean, max and arg-max, ``[B, C, n]`` each."""
+        maximum, pos = x.max(dim=-1)
+        return x.mean(dim=-1), maximum, pos
+
+    @staticmethod
+    def spatial_stats(x: Tensor, a: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Channel mean, max and arg-max of ``a x``, ``[B, n, P]`` each."""
+        g = x if a is None else x * a[..., None]
+        maximum, winner = g.max(dim=1)
+        return g.sum(dim=1) / x.shape[1], maximum, winner
+
+    @staticmethod
+    def apply(x: Tensor, a: Tensor | None, a_x: Tensor | None, product: bool) -> Tensor:
+        """``x - (a x) a_x``, or ``(a x) a_x`` with ``product``."""
+        g = x if a is None else x * a[..., None]
+        if a_x is not None:
+            return g * a_x[:, None] if product else torch.addcmul(x, g, a_x[:, None], value=-1)
+        return g if product else x - g
+
+    @staticmethod
+    def spatial_map_grad(grad: Tensor, x: Tensor, a: Tensor | None, sign: float) -> Tensor:
+        """``sign * sum_c grad x a``, ``[B, n, P]``."""
+        return sign * (grad * x if a is None else grad * x * a[..., None]).sum(dim=1)
+
+    @staticmethod
+    def backward_rest(grad, x, a, a_x, g_mean, g_max, winner, sign, product, need_x, need_a):
+        """With ``g_c = sign grad a_x + g_mean / C + [c = winner] g_max`` (``sign grad`` without a spatial map):
+        ``(g_c a + grad, or g_c a with product; sum_p g_c x)``, each None where not needed."""
+        g_c = sign * grad * a_x[:, None] if a_x is not None else sign * grad
+        if a_x is not None:
+            g_c = g_c + g_mean[:, None] / x.shape[1]
+            g_c.scatter_add_(1, winner[:, None], g_max[:, None])
+        g_a = (g_c * x).sum(dim=-1) if need_a else None
+        grad_x = None
+        if need_x:
+            grad_x = g_c if a is None else g_c * a[..., None]
+            if not product:
+                grad_x = grad_x.add_(grad)
+        return grad_x, g_a
+
+    @staticmethod
+    def add_channel_stats_grad(grad_x: Tensor, g_avg: Tensor, g_max: Tensor, pos: Tensor) -> None:
+        """``grad_x += g_avg / P`` and ``g_max`` at the spatial arg-max ``pos``, in place."""
+        grad_x.add_(g_avg[..., None], alpha=1 / grad_x.shape[-1])
+        grad_x.scatter_add_(-1, pos[..., None], g_max[..., None])
+
+
+class NativePasses:
+    """:class:`TorchPasses` as the fused CPU kernels of :mod:`attentive_gcnn.kernels` (contiguous inputs)."""
+
+    def __init__(self, kernels):
+        self.k = kernels
+
+    def channel_stats(self, x):
+        return self.k.channel_stats(x)
+
+    def spatial_stats(self, x, a):
+        return self.k.spatial_stats(x, a)
+
+    def apply(self, x, a, a_x, product):
+        return self.k.apply(x, a, a_x, product)
+
+    def spatial_map_grad(self, grad, x, a, sign):
+        return self.k.spatial_map_grad(grad, x, a, sign)
+
+    def backward_rest(self, grad, x, a, a_x, g_mean, g_max, winner, sign, product, need_x, need_a):
+        return self.k.backward_rest(grad, x, a, a_x, g_mean, g_max, winner, sign, product, need_x, need_a)
+
+    def add_channel_stats_grad(self, grad_x, g_avg, g_max, pos):
+        self.k.add_channel_stats_grad(grad_x, g_avg.contiguous(), g_max.contiguous(), pos)
+
+
+def passes_for(x: Tensor) -> TorchPasses | NativePasses:
+    """The fused kernels for a float CPU tensor where they are built, else torch ops."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        kernels = cpu_kernels()
+        if kernels is not None:
+            return NativePasses(kernels)
+    return TorchPasses()
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
 
 class _Graph:
@@ -61,40 +155,37 @@ class FeatureAttend(torch.autograd.Function):
     def forward(ctx, x, channel, spatial, product: bool, build_graph: bool, *params):
         on_plane = x.dim() == 4
         b, ci = x.shape[:2]
-        xg = x.reshape(b, ci, -1, x.shape[-2] * x.shape[-1])  # [B, Ci, n, P]
+        xg = x.reshape(b, ci, -1, x.shape[-2] * x.shape[-1]).contiguous()  # [B, Ci, n, P]
         n, hw = xg.shape[2], x.shape[-2:]
+        passes = passes_for(xg)
         a = a_x = pos = winner = None
         if channel is not None:
-            s_max, pos = xg.max(dim=-1) if build_graph else (xg.amax(dim=-1), None)  # arg-max for backward only
-            ctx.channel = _Graph(channel.from_stats, [xg.mean(dim=-1), s_max], build_graph)
-            a = ctx.channel.value  # [B, Ci, n]
+            s_avg, s_max, pos = passes.channel_stats(xg)
+            ctx.channel = _Graph(channel.from_stats, [s_avg, s_max], build_graph)
+            a = ctx.channel.value.contiguous()  # [B, Ci, n]
             channel.keep(a.squeeze(2)[..., None, None] if on_plane else a[..., None, None])
-        g = xg if a is None else xg * a[..., None]  # a_C x
         if spatial is not None:
-            max_c, winner = g.max(dim=1) if build_graph else (g.amax(dim=1), None)  # [B, n, P]
+            mean_c, max_c, winner = passes.spatial_stats(xg, a)  # [B, n, P]
 
             def spatial_map(mean: Tensor, maximum: Tensor) -> Tensor:
                 z = torch.stack((mean, maximum), dim=1).view(b, 2, n, *hw)
                 return spatial.from_stats(z.squeeze(2) if on_plane else z)
 
-            ctx.spatial = _Graph(spatial_map, [g.sum(dim=1) / ci, max_c], build_graph)
+            ctx.spatial = _Graph(spatial_map, [mean_c, max_c], build_graph)
             spatial.keep(ctx.spatial.value)
-            a_x = ctx.spatial.value.reshape(b, n, -1)[:, None]  # [B, 1, n, P]
-            out = g * a_x if product else torch.addcmul(xg, g, a_x, value=-1)
-        else:
-            out = g if product else xg - g
+            a_x = ctx.spatial.value.reshape(b, n, -1).contiguous()
+        out = passes.apply(xg, a, a_x, product)
         ctx.save_for_backward(x, a, a_x, pos, winner)
-        ctx.product, ctx.params = product, params
-        ctx.has = (channel is not None, spatial is not None)
+        ctx.product, ctx.params, ctx.passes = product, params, passes
         return out.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, a, a_x, pos, winner = ctx.saved_tensors
-        has_channel, has_spatial = ctx.has
+        passes = ctx.passes
         b, ci = x.shape[:2]
-        xg = x.reshape(b, ci, -1, x.shape[-2] * x.shape[-1])
-        g = grad.reshape(xg.shape)
+        xg = x.reshape(b, ci, -1, x.shape[-2] * x.shape[-1]).contiguous()
+        g = grad.reshape(xg.shape).contiguous()
         sign = 1.0 if ctx.product else -1.0
         params = list(ctx.params)
         param_grads: list[Tensor | None] = [None] * len(params)
@@ -105,24 +196,18 @@ class FeatureAttend(torch.autograd.Function):
                     param_grads[i] = gp if param_grads[i] is None else param_grads[i] + gp
 
         need_x = ctx.needs_input_grad[0]
-        # the weighting: out = x -/+ (a_C x) a_X, so d/dx = g (1 -/+ a_C a_X) and d/d(a_C x) = -/+ g a_X
-        g_ax = g_a = grad_x = None
-        g_g = sign * g * a_x if has_spatial else sign * g  # gradient reaching a_C x
-        if has_spatial:
-            g_ax = sign * (g * xg if a is None else g * xg * a[..., None]).sum(dim=1)  # [B, n, P]
+        g_mean = g_max = None
+        if a_x is not None:  # out = x -/+ (a_C x) a_X: the gradient reaching a_X, then the spatial statistics
+            g_ax = passes.spatial_map_grad(g, xg, a, sign)
             (g_mean, g_max), grads = ctx.spatial.grad(g_ax.view_as(ctx.spatial.out), params)
             add(grads)
-            g_mean, g_max = g_mean.reshape(winner.shape), g_max.reshape(winner.shape)
-            g_g = g_g + g_mean[:, None] / ci  # mean_c (a_C x)
-            g_g.scatter_add_(1, winner[:, None], g_max[:, None])  # max_c (a_C x), at its arg-max only
-        if has_channel:
-            g_a = (g_g * xg).sum(dim=-1)
+            g_mean, g_max = _contiguous(g_mean.reshape(winner.shape)), _contiguous(g_max.reshape(winner.shape))
+        grad_x, g_a = passes.backward_rest(
+            g, xg, a, a_x, g_mean, g_max, winner, sign, ctx.product, need_x, a is not None
+        )
+        if a is not None:
             (g_avg, g_smax), grads = ctx.channel.grad(g_a, params)
             add(grads)
-        if need_x:
-            through_g = g_g if a is None else g_g * a[..., None]
-            grad_x = through_g if ctx.product else through_g.add_(g)  # product: x reaches out through a_C x only
-            if has_channel:
-                grad_x.add_(g_avg[..., None], alpha=1 / xg.shape[-1])
-                grad_x.scatter_add_(-1, pos[..., None], g_smax[..., None])
+            if need_x:
+                passes.add_channel_stats_grad(grad_x, g_avg, g_smax, pos)
         return (grad_x.view_as(x) if need_x else None), None, None, None, None, *param_grads

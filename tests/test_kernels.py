@@ -1,0 +1,138 @@
+"""The fused CPU kernels of alpha-F attention (:mod:`attentive_gcnn.kernels`) compute what the torch-op passes
+compute, and :func:`small_conv2d` what ``F.conv2d`` computes, gradients included."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attentive_gcnn import kernels
+from attentive_gcnn.nn.attention import feature_lean
+from attentive_gcnn.nn.attention.feature_lean import NativePasses, TorchPasses, passes_for
+from attentive_gcnn.nn.small_conv import small_conv2d
+from tests.conftest import DTYPES, RTOL, rel_err
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels")
+
+
+@pytest.fixture
+def native() -> NativePasses:
+    module = kernels.cpu_kernels()
+    assert module is not None, "a C++ compiler is present, so the kernels must build"
+    return NativePasses(module)
+
+
+def inputs(dtype, b=3, c=5, n=4, p=30):
+    x = torch.randn(b, c, n, p, dtype=dtype)
+    x[0, :, 0, :7] = 0.0  # ties, as after a ReLU: the first arg-max wins in both
+    return dict(
+        x=x,
+        grad=torch.randn(b, c, n, p, dtype=dtype),
+        a=torch.rand(b, c, n, dtype=dtype),
+        a_x=torch.rand(b, n, p, dtype=dtype),
+        g_mean=torch.randn(b, n, p, dtype=dtype),
+        g_max=torch.randn(b, n, p, dtype=dtype),
+        g_avg=torch.randn(b, c, n, dtype=dtype),
+        g_smax=torch.randn(b, c, n, dtype=dtype),
+    )
+
+
+def same(a, b, dtype):
+    if a is None or b is None:
+        assert a is None and b is None
+    elif a.dtype in (torch.int32, torch.int64):
+        assert torch.equal(a.long(), b.long())
+    else:
+        assert a.shape == b.shape and float((a - b).abs().max()) <= RTOL[dtype] * max(float(b.abs().max()), 1.0)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("has_a", [True, False], ids=["channel", "no-channel"])
+@pytest.mark.parametrize("has_ax", [True, False], ids=["spatial", "no-spatial"])
+@pytest.mark.parametrize("product", [False, True], ids=["one-minus", "product"])
+def test_native_passes_equal_torch_passes(native, dtype, has_a, has_ax, product):
+    t = inputs(dtype)
+    x, grad, a, a_x = t["x"], t["grad"], t["a"] if has_a else None, t["a_x"] if has_ax else None
+    torch_ = TorchPasses()
+    for got, want in zip(native.channel_stats(x), torch_.channel_stats(x), strict=True):
+        same(got, want, dtype)
+    stats = native.spatial_stats(x, a)
+    for got, want in zip(stats, torch_.spatial_stats(x, a), strict=True):
+        same(got, want, dtype)
+    same(native.apply(x, a, a_x, product), torch_.apply(x, a, a_x, product), dtype)
+    same(native.spatial_map_grad(grad, x, a, -1.0), torch_.spatial_map_grad(grad, x, a, -1.0), dtype)
+    winner = stats[2]
+    spatial = (t["g_mean"], t["g_max"]) if has_ax else (None, None)
+    for need_x, need_a in [(True, True), (True, False), (False, True)]:
+        args = (grad, x, a, a_x, *spatial, winner if has_ax else None, -1.0, product, need_x, need_a)
+        got, want = native.backward_rest(*args), torch_.backward_rest(*args[:6], winner.long() if has_ax else None,
+                                                                      *args[7:])  # fmt: skip
+        for u, v in zip(got, want, strict=True):
+            same(u, v, dtype)
+    pos = torch_.channel_stats(x)[2]
+    g1, g2 = grad.clone(), grad.clone()
+    native.add_channel_stats_grad(g1, t["g_avg"], t["g_smax"], pos.int())
+    torch_.add_channel_stats_grad(g2, t["g_avg"], t["g_smax"], pos)
+    same(g1, g2, dtype)
+
+
+@needs_compiler
+def test_native_maxima_propagate_nan_like_torch(native):
+    x = torch.randn(2, 3, 1, 10, dtype=torch.float64)
+    x[0, 1, 0, 4] = x[1, 2, 0, 6] = float("nan")
+    stats = [*native.channel_stats(x), *native.spatial_stats(x, None)]
+    for got, want in zip(stats, [*TorchPasses.channel_stats(x), *TorchPasses.spatial_stats(x, None)], strict=True):
+        if got.dtype == torch.int32:
+            assert torch.equal(got.long(), want)
+        else:
+            assert torch.allclose(got, want, equal_nan=True)
+    assert stats[1].isnan().sum() == 2 and stats[4].isnan().sum() == 2
+
+
+@needs_compiler
+def test_passes_are_native_for_float_cpu_tensors_and_can_be_switched_off(monkeypatch):
+    assert isinstance(passes_for(torch.zeros(1, 1, 1, 1)), NativePasses)
+    assert isinstance(passes_for(torch.zeros(1, 1, 1, 1, dtype=torch.float16)), TorchPasses)
+    monkeypatch.setenv(kernels.ENV, "0")
+    assert kernels.cpu_kernels() is None
+    assert isinstance(passes_for(torch.zeros(1, 1, 1, 1)), TorchPasses)
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", {})
+
+    def broken(name):
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr(kernels, "build", broken)
+    with pytest.warns(UserWarning, match="compiler exploded"):
+        assert kernels.cpu_kernels() is None
+    assert kernels.cpu_kernels() is None  # remembered: no second warning, no second build
+    assert isinstance(feature_lean.passes_for(torch.zeros(1, 1, 1, 1)), TorchPasses)
+
+
+@pytest.mark.parametrize(
+    "ci, co, k, stride, padding, dilation",
+    [
+        pytest.param(1, 6, 3, 1, 0, 1, id="fold"),
+        pytest.param(3, 4, 3, 2, 1, 2, id="fold-strided"),
+        pytest.param(8, 4, 7, 1, 3, 1, id="channels-last"),
+        pytest.param(2, 4, 7, 1, 12, 4, id="channels-last-dilated"),
+        pytest.param(20, 3, 3, 2, 1, 1, id="default"),
+    ],
+)
+def test_small_conv2d_equals_conv2d(ci, co, k, stride, padding, dilation):
+    x = torch.randn(2, ci, 13, 13, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(co, ci, k, k, dtype=torch.float64, requires_grad=True)
+    y, y_ref = small_conv2d(x, w, None, stride, padding, dilation), F.conv2d(x, w, None, stride, padding, dilation)
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ != type(y_ref.grad_fn).__name__  # the custom backward
+    g = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, [x, w], g), torch.autograd.grad(y_ref, [x, w], g), strict=True):
+        assert rel_err(got, want) < 1e-12
+    assert rel_err(y, y_ref) < 1e-12
+    with torch.no_grad():
+        assert small_conv2d(x, w, None, stride, padding, dilation).grad_fn is None
