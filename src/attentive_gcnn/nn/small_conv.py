@@ -31,19 +31,33 @@ def small_conv2d(x: Tensor, weight: Tensor, bias=None, stride: int = 1, padding:
     return _SmallConv2d.apply(x, weight, stride, padding, dilation)
 
 
-def input_grad(grad: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int) -> Tensor:
-    """The gradient of ``F.conv2d(x, weight, ...)`` with respect to ``x``, by the fastest route for its shape."""
+def _fold_input_grad(grad: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int) -> Tensor:
+    co, _, k, _ = weight.shape
+    cols = torch.matmul(weight.reshape(co, -1).t(), grad.reshape(grad.shape[0], co, -1))  # [B, Ci*k*k, L]
+    return F.fold(cols, x.shape[-2:], k, dilation=dilation, padding=padding, stride=stride)
+
+
+def conv2d_grads(grad: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, need: tuple):
+    """The gradients of ``F.conv2d(x, weight, None, stride, padding, dilation)`` with respect to ``x`` and
+    ``weight`` (each None unless ``need`` asks for it), the input gradient by the fastest route for its shape."""
     co, ci, k, _ = weight.shape
-    if ci * k * k <= FOLD_TAPS:
-        cols = torch.matmul(weight.reshape(co, -1).t(), grad.reshape(grad.shape[0], co, -1))  # [B, Ci*k*k, L]
-        return F.fold(cols, x.shape[-2:], k, dilation=dilation, padding=padding, stride=stride)
-    last = torch.channels_last if ci <= CHANNELS_LAST_CHANNELS else torch.contiguous_format
     conf = ([stride] * 2, [padding] * 2, [dilation] * 2)
-    g = torch.ops.aten.convolution_backward(
-        grad.contiguous(memory_format=last), x.contiguous(memory_format=last), weight, None, *conf,
-        False, [0, 0], 1, [True, False, False],
-    )[0]  # fmt: skip
-    return g.contiguous()
+    backward = torch.ops.aten.convolution_backward
+    if need[0] and ci * k * k <= FOLD_TAPS:
+        grad_x, need = _fold_input_grad(grad, x, weight, stride, padding, dilation), (False, need[1])
+    elif need[0] and ci <= CHANNELS_LAST_CHANNELS:
+        last = torch.channels_last
+        g = backward(
+            grad.contiguous(memory_format=last), x.contiguous(memory_format=last), weight, None, *conf,
+            False, [0, 0], 1, [True, False, False],
+        )[0]  # fmt: skip
+        grad_x, need = g.contiguous(), (False, need[1])
+    else:
+        grad_x = None
+    if any(need):  # what is left, in one call in the default format
+        g_x, g_w, _ = backward(grad, x, weight, None, *conf, False, [0, 0], 1, [need[0], need[1], False])
+        return (g_x if need[0] else grad_x), (g_w if need[1] else None)
+    return grad_x, None
 
 
 class _SmallConv2d(torch.autograd.Function):
@@ -56,13 +70,5 @@ class _SmallConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.conf
-        grad = grad.contiguous()
-        grad_x = input_grad(grad, x, weight, stride, padding, dilation) if ctx.needs_input_grad[0] else None
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            conf = ([stride] * 2, [padding] * 2, [dilation] * 2)
-            grad_w = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, *conf, False, [0, 0], 1, [False, True, False]
-            )[1]
+        grad_x, grad_w = conv2d_grads(grad.contiguous(), x, weight, *ctx.conf, tuple(ctx.needs_input_grad[:2]))
         return grad_x, grad_w, None, None, None

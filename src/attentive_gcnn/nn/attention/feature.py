@@ -56,11 +56,9 @@ class FeatureChannelAttention(KeepsMap, nn.Module):
         w1 = self.weight_fc1.reshape(*self.weight_fc1.shape[:2], n)[:, :, self.index]  # [q, Ci, n_out, n_in]
         w2 = self.weight_fc2.reshape(*self.weight_fc2.shape[:2], n)[:, :, self.index]  # [Ci, q, n_out, n_in]
 
-        def mlp(s: Tensor) -> Tensor:  # s [B, Ci, n]
-            hid = torch.relu(torch.einsum("qcji,bci->bqj", w1, s))
-            return torch.einsum("cqji,bqi->bcj", w2, hid)
-
-        return torch.sigmoid(mlp(s_avg) + mlp(s_max))
+        s = torch.stack((s_avg, s_max))  # [2, B, Ci, n]: both branches through the MLP at once
+        hid = torch.relu(torch.einsum("qcji,zbci->zbqj", w1, s))
+        return torch.sigmoid(torch.einsum("cqji,zbqi->zbcj", w2, hid).sum(0))
 
 
 class FeatureSpatialAttention(KeepsMap, GConv):
