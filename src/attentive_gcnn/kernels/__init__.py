@@ -9,6 +9,7 @@ the source changes.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -31,8 +32,6 @@ def build(name: str) -> ModuleType:
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
-    import logging
-
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # no CUDA_HOME chatter on CPU builds
     from torch.utils import cpp_extension
 

@@ -91,37 +91,13 @@ class TorchPasses:
         grad_x.scatter_add_(-1, pos[..., None], g_max[..., None])
 
 
-class NativePasses:
-    """:class:`TorchPasses` as the fused CPU kernels of :mod:`attentive_gcnn.kernels` (contiguous inputs)."""
-
-    def __init__(self, kernels):
-        self.k = kernels
-
-    def channel_stats(self, x):
-        return self.k.channel_stats(x)
-
-    def spatial_stats(self, x, a):
-        return self.k.spatial_stats(x, a)
-
-    def apply(self, x, a, a_x, product):
-        return self.k.apply(x, a, a_x, product)
-
-    def spatial_map_grad(self, grad, x, a, sign):
-        return self.k.spatial_map_grad(grad, x, a, sign)
-
-    def backward_rest(self, grad, x, a, a_x, g_mean, g_max, winner, sign, product, need_x, need_a):
-        return self.k.backward_rest(grad, x, a, a_x, g_mean, g_max, winner, sign, product, need_x, need_a)
-
-    def add_channel_stats_grad(self, grad_x, g_avg, g_max, pos):
-        self.k.add_channel_stats_grad(grad_x, g_avg.contiguous(), g_max.contiguous(), pos)
-
-
-def passes_for(x: Tensor) -> TorchPasses | NativePasses:
-    """The fused kernels for a float CPU tensor where they are built, else torch ops."""
+def passes_for(x: Tensor):
+    """The fused kernels (the compiled module: :class:`TorchPasses`' functions, for contiguous inputs) for a float
+    CPU tensor where they are built, else :class:`TorchPasses`."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         kernels = cpu_kernels()
         if kernels is not None:
-            return NativePasses(kernels)
+            return kernels
     return TorchPasses()
 
 
@@ -209,5 +185,5 @@ class FeatureAttend(torch.autograd.Function):
             (g_avg, g_smax), grads = ctx.channel.grad(g_a, params)
             add(grads)
             if need_x:
-                passes.add_channel_stats_grad(grad_x, g_avg, g_smax, pos)
+                passes.add_channel_stats_grad(grad_x, g_avg.contiguous(), g_smax.contiguous(), pos)
         return (grad_x.view_as(x) if need_x else None), None, None, None, None, *param_grads
