@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sys
+import sysconfig
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,9 @@ def build(name: str) -> ModuleType:
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise RuntimeError(f"no C++ compiler ({cxx!r} not found)")
+    scripts = sysconfig.get_path("scripts")  # this environment's bin/, where pip puts ninja: on PATH for the build
+    if scripts and scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # no CUDA_HOME chatter on CPU builds
     from torch.utils import cpp_extension
 
