@@ -4,7 +4,7 @@ the CPU.
 On the CPU, oneDNN's input gradient of such convs is slow. :func:`small_conv2d` computes it where it is fast:
 
 - few input taps (``Ci * k * k <= FOLD_TAPS``, e.g. a lifting conv on a grey image): one matmul of the output
-  gradient with the weight, then ``F.fold`` (col2im), several times faster than oneDNN here;
+  gradient with the weight, then ``F.fold`` (col2im), faster than oneDNN's in isolated timings here;
 - few input channels (``Ci <= CHANNELS_LAST_CHANNELS``, e.g. ``[B, 8, X, Y] -> [B, 4, X, Y]``, 7x7): oneDNN in
   channels-last memory format, several times faster than in the default format;
 - otherwise as ``F.conv2d``'s own backward.
@@ -43,21 +43,20 @@ def conv2d_grads(grad: Tensor, x: Tensor, weight: Tensor, stride: int, padding: 
     co, ci, k, _ = weight.shape
     conf = ([stride] * 2, [padding] * 2, [dilation] * 2)
     backward = torch.ops.aten.convolution_backward
+    grad_x = grad_w = None
     if need[0] and ci * k * k <= FOLD_TAPS:
-        grad_x, need = _fold_input_grad(grad, x, weight, stride, padding, dilation), (False, need[1])
+        grad_x = _fold_input_grad(grad, x, weight, stride, padding, dilation)
     elif need[0] and ci <= CHANNELS_LAST_CHANNELS:
         last = torch.channels_last
-        g = backward(
+        grad_x = backward(
             grad.contiguous(memory_format=last), x.contiguous(memory_format=last), weight, None, *conf,
             False, [0, 0], 1, [True, False, False],
-        )[0]  # fmt: skip
-        grad_x, need = g.contiguous(), (False, need[1])
-    else:
-        grad_x = None
-    if any(need):  # what is left, in one call in the default format
-        g_x, g_w, _ = backward(grad, x, weight, None, *conf, False, [0, 0], 1, [need[0], need[1], False])
-        return (g_x if need[0] else grad_x), (g_w if need[1] else None)
-    return grad_x, None
+        )[0].contiguous()  # fmt: skip
+    rest = [need[0] and grad_x is None, bool(need[1])]  # what is left, in one call in the default format
+    if any(rest):
+        g_x, g_w, _ = backward(grad, x, weight, None, *conf, False, [0, 0], 1, [*rest, False])
+        grad_x, grad_w = (g_x if rest[0] else grad_x), (g_w if rest[1] else None)
+    return grad_x, grad_w
 
 
 class _SmallConv2d(torch.autograd.Function):
