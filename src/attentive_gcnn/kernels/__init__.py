@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-SOURCES = {"feature_attend": Path(__file__).with_name("feature_attend.cpp")}
+SOURCES = {name: Path(__file__).with_name(f"{name}.cpp") for name in ("feature_attend", "full_attend")}
 ENV = "ATTENTIVE_GCNN_NATIVE"
 _loaded: dict[str, ModuleType | None] = {}
 

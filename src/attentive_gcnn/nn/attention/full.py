@@ -119,15 +119,12 @@ class FullSpatialAttention(KeepsMap, nn.Module):
 
     def from_lmajor_stats(self, mean: Tensor, maximum: Tensor, o: slice = slice(None)) -> Tensor:
         """The same map from l-major statistics, ``mean, maximum [B, n_in, Co', |H|, X, Y]`` (output channels
-        ``o``) -> same shape, with :class:`~attentive_gcnn.nn.attention.lean.PlanewiseConv` (same function, faster
+        ``o``) -> same shape, with :func:`~attentive_gcnn.nn.attention.lean.planewise_conv` (same function, faster
         on CPUs)."""
         b, n_in, co, n_h, x, y = mean.shape
         k = self.kernel_size
         bank = self._bank(o).permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, 2, k, k)  # [(l, o, j), stat]
-        # channels-last [B, X, Y, (l, o, j, stat)]: the layout the conv runs in
-        stats = torch.stack((mean.flatten(1, 3).permute(0, 2, 3, 1), maximum.flatten(1, 3).permute(0, 2, 3, 1)), -1)
-        stats = stats.view(b, x, y, -1).permute(0, 3, 1, 2)
-        logits = lean.PlanewiseConv.apply(stats, bank, self.dilation)
+        logits = lean.planewise_conv([mean.flatten(1, 3), maximum.flatten(1, 3)], bank, self.dilation)
         return torch.sigmoid(logits).view(b, n_in, co, n_h, x, y)
 
 

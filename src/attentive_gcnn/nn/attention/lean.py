@@ -11,7 +11,9 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
   at those positions (:func:`responses_at`) or, for the channel max, by :class:`SelectedResponses`, whose
   backward touches each position's winning channel only.
 
-The spatial-attention conv runs as :class:`PlanewiseConv`. :class:`~attentive_gcnn.nn.attention.full.AttGConv`
+The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max pass, the backward of
+:class:`SelectedResponses` and the spatial-attention conv run as fused kernels (``kernels/full_attend.cpp``,
+:func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to round-off. :class:`~attentive_gcnn.nn.attention.full.AttGConv`
 puts these together, over chunks of output channels recomputed in backward.
 
 Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``bank [Co, |H|, Ci, n_in, k, k]``.
@@ -25,6 +27,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from attentive_gcnn.kernels import cpu_kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +294,47 @@ class SelectedResponses(torch.autograd.Function):
 def _at_winner(a: Tensor, channel: Tensor) -> Tensor:
     """``a[b, o, j, c*, l]`` for ``c* = channel[b, l, o, j, x, y]`` -> ``[B, n_in, Co, |H|, X', Y']``."""
     return a.permute(0, 4, 1, 2, 3).gather(-1, channel.flatten(-2).long()).view(channel.shape)
+
+
+def native_kernels(t: Tensor):
+    """The compiled full-attention kernels for a float CPU tensor ``t`` where they are built (not while
+    ``torch.compile`` traces), else None."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        return cpu_kernels("full_attend")
+    return None
+
+
+def planewise_conv(planes: list[Tensor], w: Tensor, dilation: int) -> Tensor:
+    """Every plane its own filter: ``out[b, p] = sum_s w[p, s] (*) planes[s][b, p]``, stride 1, padding
+    ``d * (k // 2)``, dilation d. ``planes``: S tensors ``[B, P, X, Y]``, ``w [P, S, k, k]`` -> ``[B, P, X, Y]``.
+
+    The fused kernel (:class:`NativePlanewiseConv`) where :func:`native_kernels` has one, else
+    :class:`PlanewiseConv` on the stacked statistics.
+    """
+    if native_kernels(w) is not None:
+        return NativePlanewiseConv.apply(w, dilation, *planes)
+    b, p, x, y = planes[0].shape
+    stats = torch.stack([t.permute(0, 2, 3, 1) for t in planes], -1).view(b, x, y, -1).permute(0, 3, 1, 2)
+    return PlanewiseConv.apply(stats, w, dilation)
+
+
+class NativePlanewiseConv(torch.autograd.Function):
+    """:func:`planewise_conv` as the fused CPU kernel: arguments ``(w, dilation, *planes)``."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, dilation: int, *planes: Tensor) -> Tensor:
+        planes = [t.contiguous() for t in planes]
+        w = w.contiguous()
+        ctx.save_for_backward(w, *planes)
+        ctx.dilation = dilation
+        return native_kernels(w).planewise_forward(planes, w, dilation)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, *planes = ctx.saved_tensors
+        need_w, _, *need_x = ctx.needs_input_grad
+        grads, grad_w = native_kernels(w).planewise_backward(grad, planes, w, ctx.dilation, any(need_x), need_w)
+        return grad_w, None, *(grads if any(need_x) else [None] * len(planes))
 
 
 class PlanewiseConv(torch.autograd.Function):
