@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from attentive_gcnn.models import build
 from attentive_gcnn.nn import AttGConv, FAttGConv
-from attentive_gcnn.nn.attention import attention_maps, feature, feature_lean
+from attentive_gcnn.nn.attention import attention_maps, feature, feature_lean, lean
 from attentive_gcnn.nn.attention.lean import PlanewiseConv
 from tests.conftest import GROUPS, rel_err
 
@@ -33,6 +33,14 @@ def twins(group, lifting: bool, ci: int, co: int, **kw) -> tuple[AttGConv, AttGC
     return ref, lean
 
 
+@pytest.fixture(params=["native", "torch"])
+def full_passes(request, monkeypatch):
+    """The full attention's lean path with its fused CPU kernels (where built) and as torch ops (as on a GPU)."""
+    if request.param == "torch":
+        monkeypatch.setattr(lean, "native_kernels", lambda t: None)
+    return request.param
+
+
 def values_and_grads(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
     x = x.detach().requires_grad_(True)
     y = layer(x)
@@ -42,7 +50,7 @@ def values_and_grads(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_lean_equals_reference_in_values_gradients_and_maps(group, lifting, variant):
+def test_lean_equals_reference_in_values_gradients_and_maps(group, lifting, variant, full_passes):
     ci, co = (2, 5) if lifting else (4, 5)
     ref, lean = twins(group, lifting, ci, co, **variant)
     n = ref.group.order
@@ -62,7 +70,7 @@ def test_lean_equals_reference_in_values_gradients_and_maps(group, lifting, vari
     ("stride", "padding", "dilation"), [(2, 1, 1), (1, 0, 2), (2, 2, 2)], ids=["stride2", "dilated", "both"]
 )
 @pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
-def test_lean_equals_reference_for_strides_paddings_and_dilations(stride, padding, dilation, lifting):
+def test_lean_equals_reference_for_strides_paddings_and_dilations(stride, padding, dilation, lifting, full_passes):
     ci, co = (2, 3) if lifting else (3, 3)
     kw = dict(lifting=lifting, ratio=1, stride=stride, padding=padding, dilation=dilation, spatial_dilation=dilation)
     ref = AttGConv("p4", ci, co, 3, impl="reference", **kw).double()
@@ -74,7 +82,7 @@ def test_lean_equals_reference_for_strides_paddings_and_dilations(stride, paddin
         assert rel_err(b, a) < 1e-10
 
 
-def test_lean_equals_reference_over_uneven_chunks():
+def test_lean_equals_reference_over_uneven_chunks(full_passes):
     ref, lean = twins("p4", False, 4, 5)
     x = torch.randn(2, 4, 4, 7, 7, dtype=torch.float64)
     g = torch.randn(2, 5, 4, 7, 7, dtype=torch.float64)

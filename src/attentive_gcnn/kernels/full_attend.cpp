@@ -32,13 +32,15 @@ struct Simd;
 template <>
 struct Simd<float> {
   typedef float V __attribute__((vector_size(64)));
-  typedef int32_t I __attribute__((vector_size(64)));
+  typedef int32_t Index;
+  typedef Index I __attribute__((vector_size(64)));
   static constexpr int n = 16;
 };
 template <>
 struct Simd<double> {
   typedef double V __attribute__((vector_size(64)));
-  typedef int64_t I __attribute__((vector_size(64)));
+  typedef int64_t Index;
+  typedef Index I __attribute__((vector_size(64)));
   static constexpr int n = 8;
 };
 
@@ -300,9 +302,359 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
   return {grad_inputs, grad_w};
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// Intermediate responses ft[b, q, c, l, y, x] = sum_t bank[q, c, l, t] xin[b, (c, l), y s + d ty - p, x s + d tx - p]
+// (q = (o, j)), vectorised over q: the bank is rearranged to [Ci, L, k * k, Qp] with Qp = Q rounded up to whole
+// vectors (zero filters in the tail), and each response vector is a sum of k^2 scalar-times-vector products.
+// ---------------------------------------------------------------------------------------------------------------
+struct ConvGeometry {
+  int64_t B, Ci, L, Yi, Xi, Q, k, stride, pad, d, Yo, Xo, rows, cols;
+};
+
+ConvGeometry conv_geometry(const Tensor& xin, const Tensor& bank, int64_t stride, int64_t padding, int64_t dilation) {
+  TORCH_CHECK(xin.dim() == 4, "xin must be [B, Ci * L, Y, X]");
+  TORCH_CHECK(bank.dim() == 6 && bank.size(4) == bank.size(5), "bank must be [Co, |H|, Ci, L, k, k]");
+  check(xin, xin, "xin");
+  check(bank, xin, "bank");
+  TORCH_CHECK(xin.size(1) == bank.size(2) * bank.size(3), "xin's channels must be Ci * L of the bank");
+  TORCH_CHECK(stride >= 1 && dilation >= 1 && padding >= 0, "bad stride, padding or dilation");
+  ConvGeometry g{};
+  g.B = xin.size(0);
+  g.Ci = bank.size(2);
+  g.L = bank.size(3);
+  g.Yi = xin.size(2);
+  g.Xi = xin.size(3);
+  g.Q = bank.size(0) * bank.size(1);
+  g.k = bank.size(4);
+  g.stride = stride;
+  g.pad = padding;
+  g.d = dilation;
+  g.Yo = (g.Yi + 2 * padding - dilation * (g.k - 1) - 1) / stride + 1;
+  g.Xo = (g.Xi + 2 * padding - dilation * (g.k - 1) - 1) / stride + 1;
+  TORCH_CHECK(g.Yo > 0 && g.Xo > 0, "empty conv output");
+  g.rows = (g.Yo - 1) * stride + dilation * (g.k - 1) + 1;  // the padded input rows and columns the conv reads
+  g.cols = (g.Xo - 1) * stride + dilation * (g.k - 1) + 1;
+  return g;
+}
+
+// bank [Q, Ci, L, k, k] -> [Ci, L, k * k, Qp], zero in q >= Q.
+template <typename T>
+std::vector<T> bank_by_tap(const T* bank, const ConvGeometry& g, int64_t Qp) {
+  const int64_t kk = g.k * g.k;
+  std::vector<T> out(static_cast<size_t>(g.Ci * g.L * kk * Qp), T(0));
+  for (int64_t q = 0; q < g.Q; ++q)
+    for (int64_t cl = 0; cl < g.Ci * g.L; ++cl)
+      for (int64_t t = 0; t < kk; ++t) out[(cl * kk + t) * Qp + q] = bank[(q * g.Ci * g.L + cl) * kk + t];
+  return out;
+}
+
+// The responses of VB vectors of filters (w [k * k, Qp] from vector q0) at output (y, x) of one padded plane.
+template <typename T, int VB>
+inline void responses(const T* plane, int64_t cols, const T* w, int64_t Qp, const ConvGeometry& g, int64_t y,
+                      int64_t x, typename Simd<T>::V* r) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  for (int v = 0; v < VB; ++v) r[v] = V{};
+  const T* base = plane + y * g.stride * cols + x * g.stride;
+  for (int64_t ty = 0; ty < g.k; ++ty) {
+    for (int64_t tx = 0; tx < g.k; ++tx) {
+      const V xv = splat<V>(base[g.d * (ty * cols + tx)]);
+      const T* wt = w + (ty * g.k + tx) * Qp;
+      for (int v = 0; v < VB; ++v) r[v] += xv * loadu<V>(wt + v * n);
+    }
+  }
+}
+
+// Lane-wise "x replaces the running maximum m": x > m, or x is NaN; a NaN maximum stays (torch.max's rule).
+template <typename V>
+inline auto replaces(const V& x, const V& m) {
+  return ~(x <= m) & (m == m);
+}
+
+// max and first arg-max over output positions of ft for one (b, c, l) plane and VB filter vectors from q0.
+template <typename T, int VB>
+void spatial_argmax_block(const T* plane, int64_t cols, const T* w, int64_t Qp, const ConvGeometry& g, T* best,
+                          int32_t* arg) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  constexpr int n = Simd<T>::n;
+  V m[VB], r[VB];
+  I at[VB];
+  responses<T, VB>(plane, cols, w, Qp, g, 0, 0, m);
+  for (int v = 0; v < VB; ++v) at[v] = I{};
+  for (int64_t y = 0; y < g.Yo; ++y) {
+    for (int64_t x = (y == 0 ? 1 : 0); x < g.Xo; ++x) {
+      responses<T, VB>(plane, cols, w, Qp, g, y, x, r);
+      const I here = I{} + static_cast<typename Simd<T>::Index>(y * g.Xo + x);
+      for (int v = 0; v < VB; ++v) {
+        const auto up = replaces(r[v], m[v]);
+        m[v] = up ? r[v] : m[v];
+        at[v] = up ? here : at[v];
+      }
+    }
+  }
+  for (int v = 0; v < VB; ++v) {
+    for (int i = 0; i < n; ++i) {
+      best[v * n + i] = m[v][i];
+      arg[v * n + i] = static_cast<int32_t>(at[v][i]);
+    }
+  }
+}
+
+// The filters in blocks of at most 4 vectors: (first filter, vectors) pairs.
+std::vector<std::pair<int64_t, int>> filter_blocks(int64_t Qp, int n) {
+  std::vector<std::pair<int64_t, int>> blocks;
+  for (int64_t q0 = 0; q0 < Qp; q0 += 4 * n) blocks.emplace_back(q0, static_cast<int>(std::min<int64_t>(4, (Qp - q0) / n)));
+  return blocks;
+}
+
+// Calls FN<T, VB>(ARGS) for the block's VB (1 to 4).
+#define BY_BLOCK(VB, FN, ...)          \
+  switch (VB) {                        \
+    case 4: FN<T, 4>(__VA_ARGS__); break; \
+    case 3: FN<T, 3>(__VA_ARGS__); break; \
+    case 2: FN<T, 2>(__VA_ARGS__); break; \
+    default: FN<T, 1>(__VA_ARGS__); break; \
+  }
+
+// max_{y, x} ft and its first arg-max (flat output position): [B, Co, |H|, Ci, L] each.
+std::tuple<Tensor, Tensor> spatial_argmax(const Tensor& xin, const Tensor& bank, int64_t stride, int64_t padding,
+                                          int64_t dilation) {
+  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
+  Tensor best = at::empty({bank.size(0), bank.size(1), g.B, g.Ci, g.L}, xin.options());
+  Tensor arg = at::empty(best.sizes(), xin.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "spatial_argmax", [&] {
+    using T = scalar_t;
+    const int64_t Qp = round_up(g.Q, Simd<T>::n);
+    const std::vector<T> w = bank_by_tap<T>(bank.data_ptr<T>(), g, Qp);
+    const T* xp = xin.data_ptr<T>();
+    T* bp = best.data_ptr<T>();
+    int32_t* ap = arg.data_ptr<int32_t>();
+    at::parallel_for(0, g.B * g.Ci * g.L, 1, [&](int64_t begin, int64_t end) {
+      PaddedPlanes<T> scratch;
+      std::vector<T> m(Qp);
+      std::vector<int32_t> a(Qp);
+      for (int64_t bcl = begin; bcl < end; ++bcl) {
+        const T* src = xp + bcl * g.Yi * g.Xi;
+        scratch.fill(&src, 1, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
+        const T* wcl = w.data() + (bcl % (g.Ci * g.L)) * g.k * g.k * Qp;
+        for (const auto& [q0, vb] : filter_blocks(Qp, Simd<T>::n)) {
+          BY_BLOCK(vb, spatial_argmax_block, scratch.plane(0), g.cols, wcl + q0, Qp, g, m.data() + q0, a.data() + q0)
+        }
+        for (int64_t q = 0; q < g.Q; ++q) {  // [Q, B, Ci, L] for now, permuted below
+          bp[q * g.B * g.Ci * g.L + bcl] = m[q];
+          ap[q * g.B * g.Ci * g.L + bcl] = a[q];
+        }
+      }
+    });
+  });
+  const auto to_batch_major = [&](const Tensor& t) {
+    return t.view({g.Q, g.B, g.Ci, g.L}).transpose(0, 1).contiguous().view({g.B, bank.size(0), bank.size(1), g.Ci, g.L});
+  };
+  return {to_batch_major(best), to_batch_major(arg)};
+}
+
+// The channel c* of max_c a[b, q, c, l] ft[b, q, c, l, y, x] (ft without a) and ft there, for one (b, l), VB filter
+// vectors from q0, at every output position: written pixel-major to chan [Yo * Xo, Qp], win [Yo * Xo, Qp].
+template <typename T, int VB>
+void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp, const ConvGeometry& g,
+                          int32_t* chan, T* win) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  using Index = typename Simd<T>::Index;
+  constexpr int n = Simd<T>::n;
+  const int64_t kkQ = g.k * g.k * Qp;
+  V r[VB], m[VB], wv[VB];
+  I at[VB];
+  for (int64_t y = 0; y < g.Yo; ++y) {
+    for (int64_t x = 0; x < g.Xo; ++x) {
+      for (int64_t c = 0; c < g.Ci; ++c) {
+        responses<T, VB>(planes.plane(c), planes.cols, w + c * g.L * kkQ, Qp, g, y, x, r);
+        if (c == 0) {
+          for (int v = 0; v < VB; ++v) {
+            wv[v] = r[v];
+            m[v] = a ? r[v] * loadu<V>(a + v * n) : r[v];
+            at[v] = I{};
+          }
+          continue;
+        }
+        const I here = I{} + static_cast<Index>(c);
+        for (int v = 0; v < VB; ++v) {
+          const V gv = a ? r[v] * loadu<V>(a + c * Qp + v * n) : r[v];
+          const auto up = replaces(gv, m[v]);
+          m[v] = up ? gv : m[v];
+          wv[v] = up ? r[v] : wv[v];
+          at[v] = up ? here : at[v];
+        }
+      }
+      const int64_t px = (y * g.Xo + x) * Qp;
+      for (int v = 0; v < VB; ++v) {
+        storeu(win + px + v * n, wv[v]);
+        for (int i = 0; i < n; ++i) chan[px + v * n + i] = static_cast<int32_t>(at[v][i]);
+      }
+    }
+  }
+}
+
+// channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32) and winner (same shape, ft at c*).
+std::tuple<Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_, int64_t stride,
+                                          int64_t padding, int64_t dilation) {
+  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
+  const Tensor a = a_.has_value() ? *a_ : Tensor();
+  if (a.defined()) {
+    check(a, xin, "a");
+    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+  }
+  const std::vector<int64_t> shape{g.B, g.L, bank.size(0), bank.size(1), g.Yo, g.Xo};
+  Tensor winner = at::empty(shape, xin.options());
+  Tensor channel = at::empty(shape, xin.options().dtype(g.Ci <= 256 ? at::kByte : at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_argmax", [&] {
+    using T = scalar_t;
+    const int64_t Qp = round_up(g.Q, Simd<T>::n), P = g.Yo * g.Xo;
+    const std::vector<T> w = bank_by_tap<T>(bank.data_ptr<T>(), g, Qp);
+    const T* xp = xin.data_ptr<T>();
+    const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
+    T* wp = winner.data_ptr<T>();
+    uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
+    int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
+    at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
+      PaddedPlanes<T> scratch;
+      std::vector<const T*> src(g.Ci);
+      std::vector<T> aq(ap ? g.Ci * Qp : 0, T(0)), win(P * Qp);
+      std::vector<int32_t> chan(P * Qp);
+      for (int64_t bl = begin; bl < end; ++bl) {
+        const int64_t b = bl / g.L, l = bl % g.L;
+        for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
+        scratch.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
+        if (ap) {  // a[b, q, c, l] -> aq[c, q]
+          for (int64_t q = 0; q < g.Q; ++q)
+            for (int64_t c = 0; c < g.Ci; ++c) aq[c * Qp + q] = ap[((b * g.Q + q) * g.Ci + c) * g.L + l];
+        }
+        const T* wl = w.data() + l * g.k * g.k * Qp;
+        for (const auto& [q0, vb] : filter_blocks(Qp, Simd<T>::n)) {
+          BY_BLOCK(vb, channel_argmax_block, scratch, wl + q0, ap ? aq.data() + q0 : nullptr, Qp, g, chan.data() + q0,
+                   win.data() + q0)
+        }
+        for (int64_t q = 0; q < g.Q; ++q) {  // pixel-major scratch -> [q, pixel] of this (b, l)
+          const int64_t out = (bl * g.Q + q) * P;
+          for (int64_t p = 0; p < P; ++p) {
+            wp[out + p] = win[p * Qp + q];
+            if (c8)
+              c8[out + p] = static_cast<uint8_t>(chan[p * Qp + q]);
+            else
+              c32[out + p] = chan[p * Qp + q];
+          }
+        }
+      }
+    });
+  });
+  return {channel, winner};
+}
+
+
+// The input and filter gradients of sel[b, l, q, y, x] = a[b, q, c*, l] ft[b, q, c*, l, y, x] (a = 1 if undefined),
+// c* = channel[b, l, q, y, x]: each output position sends its gradient to the k x k window and filter of its
+// winning channel only. grad [B, L, Co, |H|, Yo, Xo] -> (grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k]),
+// each undefined where not needed.
+std::tuple<Tensor, Tensor> selected_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank,
+                                             const Maybe& a_, const Tensor& channel_, int64_t stride, int64_t padding,
+                                             int64_t dilation, bool need_x, bool need_w) {
+  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
+  const Tensor grad = grad_.contiguous();
+  const Tensor channel = channel_.contiguous();
+  check(grad, xin, "grad");
+  const Tensor a = a_.has_value() ? *a_ : Tensor();
+  if (a.defined()) {
+    check(a, xin, "a");
+    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+  }
+  const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
+  TORCH_CHECK(grad.numel() == g.B * g.L * g.Q * P && channel.numel() == grad.numel(),
+              "grad and channel must be [B, L, Co, |H|, Yo, Xo]");
+  TORCH_CHECK(channel.scalar_type() == at::kByte || channel.scalar_type() == at::kInt, "channel must be uint8 or int32");
+  Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
+  Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
+  if (!need_x && !need_w) return {grad_x, grad_w};
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "selected_backward", [&] {
+    using T = scalar_t;
+    const T* gp = grad.data_ptr<T>();
+    const T* xp = xin.data_ptr<T>();
+    const T* wp = bank.data_ptr<T>();
+    const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
+    const uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
+    const int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
+    T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
+    const int64_t wsize = g.Q * g.Ci * g.L * kk;
+    const int threads = at::get_num_threads();
+    std::vector<T> partial(need_w ? threads * wsize : 0, T(0));  // per-thread filter gradients, summed below
+    std::vector<int64_t> offsets(kk);
+    for (int64_t ty = 0; ty < g.k; ++ty)
+      for (int64_t tx = 0; tx < g.k; ++tx) offsets[ty * g.k + tx] = g.d * (ty * g.cols + tx);
+    at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
+      T* dw = need_w ? partial.data() + at::get_thread_num() * wsize : nullptr;
+      PaddedPlanes<T> xs;
+      std::vector<T> dx(need_x ? g.Ci * g.rows * g.cols : 0);
+      std::vector<const T*> src(g.Ci);
+      for (int64_t bl = begin; bl < end; ++bl) {
+        const int64_t b = bl / g.L, l = bl % g.L;
+        for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
+        if (need_w) xs.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
+        if (need_x) std::fill(dx.begin(), dx.end(), T(0));
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const int64_t row = (bl * g.Q + q) * P;
+          for (int64_t y = 0; y < g.Yo; ++y) {
+            for (int64_t x = 0; x < g.Xo; ++x) {
+              const int64_t i = row + y * g.Xo + x;
+              const int64_t c = c8 ? c8[i] : c32[i];
+              T gv = gp[i];
+              if (ap) gv *= ap[((b * g.Q + q) * g.Ci + c) * g.L + l];
+              if (gv == T(0)) continue;
+              const int64_t at = c * g.rows * g.cols + y * g.stride * g.cols + x * g.stride;
+              const T* w = wp + ((q * g.Ci + c) * g.L + l) * kk;
+              if (need_x) {
+                T* d = dx.data() + at;
+                for (int64_t t = 0; t < kk; ++t) d[offsets[t]] += gv * w[t];
+              }
+              if (need_w) {
+                const T* xw = xs.data.data() + at;
+                T* dwt = dw + ((q * g.Ci + c) * g.L + l) * kk;
+                for (int64_t t = 0; t < kk; ++t) dwt[t] += gv * xw[offsets[t]];
+              }
+            }
+          }
+        }
+        if (need_x) {  // the padded gradient's interior; inputs the conv never reads get zero
+          for (int64_t c = 0; c < g.Ci; ++c) {
+            T* out = gxp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
+            for (int64_t y = 0; y < g.Yi; ++y) {
+              for (int64_t x = 0; x < g.Xi; ++x) {
+                const int64_t r = y + g.pad, q = x + g.pad;
+                out[y * g.Xi + x] = (r < g.rows && q < g.cols) ? dx[(c * g.rows + r) * g.cols + q] : T(0);
+              }
+            }
+          }
+        }
+      }
+    });
+    if (need_w) {
+      T* gw = grad_w.data_ptr<T>();
+      for (int64_t i = 0; i < wsize; ++i) {
+        T sum = 0;
+        for (int t = 0; t < threads; ++t) sum += partial[t * wsize + i];
+        gw[i] = sum;
+      }
+    }
+  });
+  return {grad_x, grad_w};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("planewise_forward", &planewise_forward);
   m.def("planewise_backward", &planewise_backward);
+  m.def("spatial_argmax", &spatial_argmax);
+  m.def("channel_argmax", &channel_argmax);
+  m.def("selected_backward", &selected_backward);
 }

@@ -235,14 +235,19 @@ class AttGConv(GConv):
         def channel_map(s_max: Tensor, o: slice) -> Tensor:
             return ca.from_stats(s_avg[:, o], s_max, o)
 
-        step = self.chunk_size(xin.shape[0] * self.group.order * xin.shape[1] * geo.pixels)
-        found = lean.argmax_pass(
-            lambda o: self._conv_responses(xin, bank[o]),
-            self.out_channels,
-            step,
-            channel_map if ca is not None else None,
-            sa is not None,
-        )
+        native = lean.native_kernels(xin)
+        if native is not None:
+            found = lean.native_argmax_pass(
+                native, xin, bank, geo, channel_map if ca is not None else None, sa is not None
+            )
+        else:
+            found = lean.argmax_pass(
+                lambda o: self._conv_responses(xin, bank[o]),
+                self.out_channels,
+                self.chunk_size(xin.shape[0] * self.group.order * xin.shape[1] * geo.pixels),
+                channel_map if ca is not None else None,
+                sa is not None,
+            )
         per_channel = xin.shape[0] * self.group.order * self.in_order * geo.pixels  # of a per-orientation tensor
         if ca is not None:  # ... and of the per-sample conv weights a_C * W
             per_channel = max(per_channel, xin.shape[0] * self.group.order * xin.shape[1] * self.kernel_size**2)

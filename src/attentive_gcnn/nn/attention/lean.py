@@ -56,6 +56,11 @@ class ConvGeometry:
         start = tap * self.dilation
         return slice(start, start + self.stride * (axis_len - 1) + 1, self.stride)
 
+    @property
+    def conv_args(self) -> tuple[int, int, int]:
+        """``(stride, padding, dilation)``, the order of the fused kernels' arguments."""
+        return self.stride, self.padding, self.dilation
+
     def conv(self, x: Tensor, w: Tensor, groups: int = 1) -> Tensor:
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, groups)
 
@@ -223,6 +228,27 @@ def argmax_pass(
     return found
 
 
+def native_argmax_pass(
+    kernels, xin: Tensor, bank: Tensor, geo: ConvGeometry, channel_map: Callable | None, spatial: bool
+) -> ArgMaxes:
+    """:func:`argmax_pass` as the fused kernels (``kernels``, see :func:`native_kernels`): all output channels at
+    once, ``ft`` never built, the same arg-maxes (ties: the first)."""
+    found = ArgMaxes()
+    a = None
+    with torch.no_grad():
+        xin, bank = _contiguous(xin, bank)
+        if channel_map is not None:
+            s_max, found.spatial = kernels.spatial_argmax(xin, bank, *geo.conv_args)
+            a = channel_map(s_max, slice(None)).contiguous()
+        if spatial:
+            found.channel, found.winner = kernels.channel_argmax(xin, bank, a, *geo.conv_args)
+    return found
+
+
+def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
+    return [None if t is None else t.detach().contiguous() for t in tensors]
+
+
 def _index_dtype(n: int) -> torch.dtype:
     return torch.uint8 if n <= 256 else torch.int32
 
@@ -260,6 +286,12 @@ class SelectedResponses(torch.autograd.Function):
             grad_a = grad_a.permute(0, 2, 3, 4, 1)  # [B, Co, H, Ci, n_in]
         if not (need_x or need_w):
             return None, None, grad_a, None, None, None
+        native = native_kernels(grad)
+        if native is not None:
+            grad_x, grad_w = native.selected_backward(
+                grad, *_contiguous(xin, bank, a, channel), *geo.conv_args, need_x, need_w
+            )
+            return grad_x, grad_w, grad_a, None, None, None
         if a is not None:  # the gradient reaching ft at the winner
             grad = grad * _at_winner(a, channel)
         grad = grad.reshape(b, n_in * co * n_h, *grad.shape[-2:])  # conv layout, groups l
