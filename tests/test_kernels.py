@@ -1,4 +1,5 @@
-"""The fused CPU kernels of alpha-F attention (:mod:`attentive_gcnn.kernels`) compute what the torch-op passes
+"""The fused CPU kernels (:mod:`attentive_gcnn.kernels`) of alpha-F attention compute what the torch-op passes
+compute, those of the full attention what their torch-op counterparts in :mod:`attentive_gcnn.nn.attention.lean`
 compute, and :func:`small_conv2d` what ``F.conv2d`` computes, gradients included."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attentive_gcnn import kernels
-from attentive_gcnn.nn.attention import feature_lean
+from attentive_gcnn.nn.attention import feature_lean, lean
 from attentive_gcnn.nn.attention.feature_lean import TorchPasses, passes_for
 from attentive_gcnn.nn.small_conv import small_conv2d
 from tests.conftest import DTYPES, RTOL, rel_err
@@ -46,6 +47,7 @@ def same(a, b, dtype):
     elif a.dtype in (torch.int32, torch.int64):
         assert torch.equal(a.long(), b.long())
     else:
+        a, b = a.detach(), b.detach()
         assert a.shape == b.shape and float((a - b).abs().max()) <= RTOL[dtype] * max(float(b.abs().max()), 1.0)
 
 
@@ -136,3 +138,99 @@ def test_small_conv2d_equals_conv2d(ci, co, k, stride, padding, dilation):
     assert rel_err(y, y_ref) < 1e-12
     with torch.no_grad():
         assert small_conv2d(x, w, None, stride, padding, dilation).grad_fn is None
+
+
+@pytest.fixture
+def full_native():
+    module = kernels.cpu_kernels("full_attend")
+    assert module is not None, "a C++ compiler is present, so the kernels must build"
+    return module
+
+
+PLANEWISE_CASES = [  # B, P, Y, X, S, k, dilation
+    (3, 5, 12, 21, 2, 7, 1),
+    (2, 3, 1, 1, 2, 7, 1),  # a 1 x 1 map: only the centre tap
+    (2, 4, 10, 13, 2, 7, 2),
+    (2, 2, 9, 17, 3, 4, 1),  # an even kernel: the output is d larger
+    (1, 2, 5, 3, 1, 3, 3),  # dilation beyond the map
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PLANEWISE_CASES, ids=str)
+def test_native_planewise_conv_is_the_grouped_conv(full_native, dtype, case):
+    b, p, y, x, s, k, d = case
+    planes = [torch.randn(b, p, y, x, dtype=dtype, requires_grad=True) for _ in range(s)]
+    w = torch.randn(p, s, k, k, dtype=dtype, requires_grad=True)
+    want = F.conv2d(torch.stack(planes, 2).flatten(1, 2), w, padding=d * (k // 2), dilation=d, groups=p)
+    got = lean.NativePlanewiseConv.apply(w, d, *planes)
+    same(got, want, dtype)
+    g = torch.randn_like(want)
+    wanted = torch.autograd.grad(want, [w, *planes], g)
+    for a, b_ in zip(torch.autograd.grad(got, [w, *planes], g), wanted, strict=True):
+        same(a, b_, dtype)
+
+
+CONV_CASES = [  # B, Ci, L, Y, X, Co, |H|, k, stride, padding, dilation
+    (2, 3, 4, 9, 9, 5, 4, 3, 1, 0, 1),
+    (2, 3, 1, 12, 11, 10, 4, 3, 1, 1, 1),  # lifting
+    (3, 2, 4, 10, 10, 7, 8, 3, 2, 1, 1),  # stride 2, eight orientations
+    (2, 300, 1, 5, 5, 2, 4, 3, 1, 1, 1),  # more than 256 input channels: int32 indices
+    (2, 4, 4, 8, 9, 6, 4, 4, 1, 0, 2),  # even kernel, dilation 2
+    (2, 3, 4, 11, 11, 2, 4, 3, 2, 0, 1),  # stride 2: inputs the conv never reads
+]
+
+
+def responses(xin, bank, stride, padding, dilation):
+    """``ft [B, Co, |H|, Ci, L, Y', X']`` as one depthwise conv (as the reference computes it)."""
+    co, h, ci, n_in, k, _ = bank.shape
+    w = bank.permute(2, 3, 0, 1, 4, 5).reshape(ci * n_in * co * h, 1, k, k)
+    y = F.conv2d(xin, w, None, stride, padding, dilation, groups=ci * n_in)
+    return y.view(xin.shape[0], ci, n_in, co, h, *y.shape[-2:]).permute(0, 3, 4, 1, 2, 5, 6)
+
+
+def conv_case(case, dtype):
+    b, ci, n_in, y, x, co, h, k, stride, padding, dilation = case
+    xin = torch.randn(b, ci * n_in, y, x, dtype=dtype).relu()  # ties at zero: the first arg-max wins in both
+    bank = torch.randn(co, h, ci, n_in, k, k, dtype=dtype)
+    a = torch.rand(b, co, h, ci, n_in, dtype=dtype)
+    return xin, bank, a, (stride, padding, dilation)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_native_arg_maxes_equal_torch(full_native, dtype, case):
+    xin, bank, a, conv = conv_case(case, dtype)
+    ft = responses(xin, bank, *conv)
+    values, positions = ft.flatten(-2).max(dim=-1)
+    got_values, got_positions = full_native.spatial_argmax(xin, bank, *conv)
+    same(got_values, values, dtype)
+    assert torch.equal(got_positions.long(), positions)
+    for weights in (a, None):
+        g = ft if weights is None else ft * weights[..., None, None]
+        channel = g.max(dim=3).indices  # [B, Co, |H|, L, Y', X']
+        got_channel, got_winner = full_native.channel_argmax(xin, bank, weights, *conv)
+        assert got_channel.dtype == (torch.uint8 if xin.shape[1] // bank.shape[3] <= 256 else torch.int32)
+        assert torch.equal(got_channel.long().permute(0, 2, 3, 1, 4, 5), channel)
+        same(got_winner.permute(0, 2, 3, 1, 4, 5), ft.gather(3, channel.unsqueeze(3)).squeeze(3), dtype)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
+def test_native_selected_backward_equals_torch(full_native, dtype, case, with_a, monkeypatch):
+    xin, bank, a, conv = conv_case(case, dtype)
+    a = a if with_a else None
+    geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
+    channel, winner = full_native.channel_argmax(xin, bank, a, *conv)
+    xin, bank = xin.requires_grad_(), bank.requires_grad_()
+    out = lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [xin, bank], g)
+    monkeypatch.setattr(lean, "native_kernels", lambda t: None)
+    want = torch.autograd.grad(lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo), [xin, bank], g)
+    for x, y in zip(got, want, strict=True):
+        same(x, y, dtype)

@@ -166,7 +166,7 @@ class AttGConv(GConv):
         haar: bool = True,
         impl: str = "lean",
         chunk_elements: int = 2**22,
-        attend_chunk_elements: int = 2**21,
+        attend_chunk_elements: int = 2**22,
         **conv_kw,
     ):
         super().__init__(
@@ -267,7 +267,10 @@ class AttGConv(GConv):
             ca.keep(torch.cat([m[0] for m in maps], dim=1))
         if sa is not None:
             sa.keep(torch.cat([m[-1] for m in maps], dim=1))
-        return torch.cat(outs, dim=1)
+        out = torch.cat(outs, dim=1)
+        if sa is not None and self.combine == "one_minus_product":  # one conv for all output channels
+            out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
+        return out
 
     def _attend(self, xin, bank, s_avg, spatial_at, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
         """The layer's output for the output channels ``o`` of ``bank``, given the arg-maxes (see :meth:`_lean`),
@@ -286,10 +289,7 @@ class AttGConv(GConv):
         maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
         a_x = sa.from_lmajor_stats(summed / self.in_channels, maximum, o)
         maps.append(a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3))  # [B, Co', H, 1, n_in, X', Y']
-        weighted = (a_x * summed).sum(dim=1)
-        if self.combine == "product":
-            return weighted, *maps
-        return lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - weighted, *maps
+        return (a_x * summed).sum(dim=1), *maps  # sum_l a_X G_l; _lean subtracts it from the plain conv
 
 
 class AttLiftingConv(AttGConv):
