@@ -211,26 +211,48 @@ def test_native_arg_maxes_equal_torch(full_native, dtype, case):
     for weights in (a, None):
         g = ft if weights is None else ft * weights[..., None, None]
         channel = g.max(dim=3).indices  # [B, Co, |H|, L, Y', X']
-        got_channel, got_winner = full_native.channel_argmax(xin, bank, weights, *conv)
+        got_channel, got_sum, got_max = full_native.channel_argmax(xin, bank, weights, *conv)
         assert got_channel.dtype == (torch.uint8 if xin.shape[1] // bank.shape[3] <= 256 else torch.int32)
         assert torch.equal(got_channel.long().permute(0, 2, 3, 1, 4, 5), channel)
-        same(got_winner.permute(0, 2, 3, 1, 4, 5), ft.gather(3, channel.unsqueeze(3)).squeeze(3), dtype)
+        same(got_sum.permute(0, 2, 3, 1, 4, 5), g.sum(dim=3), dtype)
+        same(got_max.permute(0, 2, 3, 1, 4, 5), g.amax(dim=3), dtype)
 
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
-def test_native_selected_backward_equals_torch(full_native, dtype, case, with_a, monkeypatch):
+def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a):
+    """max_c a * ft from the winning channel's window (fused kernels) = from the stored winner (torch ops)."""
     xin, bank, a, conv = conv_case(case, dtype)
     a = a if with_a else None
     geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    channel, winner = full_native.channel_argmax(xin, bank, a, *conv)
-    xin, bank = xin.requires_grad_(), bank.requires_grad_()
-    out = lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, [xin, bank], g)
-    monkeypatch.setattr(lean, "native_kernels", lambda t: None)
-    want = torch.autograd.grad(lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo), [xin, bank], g)
-    for x, y in zip(got, want, strict=True):
+    channel, _, maximum = full_native.channel_argmax(xin, bank, a, *conv)
+    ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
+    winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
+    leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
+    got = lean.NativeSelectedResponses.apply(xin, bank, a, channel, None, geo)
+    want = lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo)
+    same(got, want, dtype)
+    same(lean.NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo), want, dtype)
+    g = torch.randn_like(want)
+    for x, y in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(want, leaves, g), strict=True):
+        same(x, y, dtype)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[8] == 1], ids=str)
+@pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
+def test_native_channel_sum_is_the_modulated_conv(full_native, dtype, case, with_a):
+    xin, bank, a, conv = conv_case(case, dtype)
+    a = a if with_a else None
+    geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
+    _, summed, _ = full_native.channel_argmax(xin, bank, a, *conv)
+    leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
+    got = lean.NativeChannelSum.apply(xin, bank, a, summed, geo)
+    want = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)
+    same(got, want, dtype)
+    g = torch.randn_like(want)
+    for x, y in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(want, leaves, g), strict=True):
         same(x, y, dtype)

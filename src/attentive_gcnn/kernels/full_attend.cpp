@@ -5,9 +5,11 @@
 //   Inputs in_s [B, P, Y, X] (one tensor per statistic, no stacking), w [P, S, k, k], out [B, P, Y', X'].
 // - spatial_argmax: max and first arg-max over output positions of every intermediate response
 //   ft[b, o, j, c, l] = xin[b, (c, l)] (*) bank[o, j, c, l], without ft: [B, Co, |H|, Ci, L] each.
-// - channel_argmax: the channel c* of max_c a[b, o, j, c, l] ft[b, o, j, c, l, y, x] and ft there (the winner),
-//   l-major [B, L, Co, |H|, Y', X'].
-// - selected_backward: the input and filter gradients of a[c*] ft[c*] (SelectedResponses in lean.py).
+// - channel_argmax: the channel c* of max_c a[b, o, j, c, l] ft[b, o, j, c, l, y, x], that maximum and the
+//   channel sum sum_c a ft, l-major [B, L, Co, |H|, Y', X'];
+// - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
+//   gradients;
+// - summed_backward: the gradients of sum_c a ft (stride 1).
 //
 // xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. The vector code
 // uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile to whatever SIMD the target
@@ -459,13 +461,13 @@ std::tuple<Tensor, Tensor> spatial_argmax(const Tensor& xin, const Tensor& bank,
 // vectors from q0, at every output position: written pixel-major to chan [Yo * Xo, Qp], win [Yo * Xo, Qp].
 template <typename T, int VB>
 void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp, const ConvGeometry& g,
-                          int32_t* chan, T* win) {
+                          int32_t* chan, T* sum, T* best) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   using Index = typename Simd<T>::Index;
   constexpr int n = Simd<T>::n;
   const int64_t kkQ = g.k * g.k * Qp;
-  V r[VB], m[VB], wv[VB];
+  V r[VB], m[VB], sv[VB];
   I at[VB];
   for (int64_t y = 0; y < g.Yo; ++y) {
     for (int64_t x = 0; x < g.Xo; ++x) {
@@ -473,8 +475,8 @@ void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a,
         responses<T, VB>(planes.plane(c), planes.cols, w + c * g.L * kkQ, Qp, g, y, x, r);
         if (c == 0) {
           for (int v = 0; v < VB; ++v) {
-            wv[v] = r[v];
             m[v] = a ? r[v] * loadu<V>(a + v * n) : r[v];
+            sv[v] = m[v];
             at[v] = I{};
           }
           continue;
@@ -482,23 +484,25 @@ void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a,
         const I here = I{} + static_cast<Index>(c);
         for (int v = 0; v < VB; ++v) {
           const V gv = a ? r[v] * loadu<V>(a + c * Qp + v * n) : r[v];
+          sv[v] += gv;
           const auto up = replaces(gv, m[v]);
           m[v] = up ? gv : m[v];
-          wv[v] = up ? r[v] : wv[v];
           at[v] = up ? here : at[v];
         }
       }
       const int64_t px = (y * g.Xo + x) * Qp;
       for (int v = 0; v < VB; ++v) {
-        storeu(win + px + v * n, wv[v]);
+        storeu(sum + px + v * n, sv[v]);
+        storeu(best + px + v * n, m[v]);
         for (int i = 0; i < n; ++i) chan[px + v * n + i] = static_cast<int32_t>(at[v][i]);
       }
     }
   }
 }
 
-// channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32) and winner (same shape, ft at c*).
-std::tuple<Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_, int64_t stride,
+// channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed = sum_c a ft and maximum = max_c a ft
+// (same shape).
+std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_, int64_t stride,
                                           int64_t padding, int64_t dilation) {
   const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
   const Tensor a = a_.has_value() ? *a_ : Tensor();
@@ -507,7 +511,8 @@ std::tuple<Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank,
     TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
   }
   const std::vector<int64_t> shape{g.B, g.L, bank.size(0), bank.size(1), g.Yo, g.Xo};
-  Tensor winner = at::empty(shape, xin.options());
+  Tensor summed = at::empty(shape, xin.options());
+  Tensor maximum = at::empty(shape, xin.options());
   Tensor channel = at::empty(shape, xin.options().dtype(g.Ci <= 256 ? at::kByte : at::kInt));
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_argmax", [&] {
     using T = scalar_t;
@@ -515,13 +520,14 @@ std::tuple<Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank,
     const std::vector<T> w = bank_by_tap<T>(bank.data_ptr<T>(), g, Qp);
     const T* xp = xin.data_ptr<T>();
     const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
-    T* wp = winner.data_ptr<T>();
+    T* sp = summed.data_ptr<T>();
+    T* mp = maximum.data_ptr<T>();
     uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
     int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
     at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
       PaddedPlanes<T> scratch;
       std::vector<const T*> src(g.Ci);
-      std::vector<T> aq(ap ? g.Ci * Qp : 0, T(0)), win(P * Qp);
+      std::vector<T> aq(ap ? g.Ci * Qp : 0, T(0)), sum(P * Qp), best(P * Qp);
       std::vector<int32_t> chan(P * Qp);
       for (int64_t bl = begin; bl < end; ++bl) {
         const int64_t b = bl / g.L, l = bl % g.L;
@@ -534,12 +540,13 @@ std::tuple<Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank,
         const T* wl = w.data() + l * g.k * g.k * Qp;
         for (const auto& [q0, vb] : filter_blocks(Qp, Simd<T>::n)) {
           BY_BLOCK(vb, channel_argmax_block, scratch, wl + q0, ap ? aq.data() + q0 : nullptr, Qp, g, chan.data() + q0,
-                   win.data() + q0)
+                   sum.data() + q0, best.data() + q0)
         }
         for (int64_t q = 0; q < g.Q; ++q) {  // pixel-major scratch -> [q, pixel] of this (b, l)
           const int64_t out = (bl * g.Q + q) * P;
           for (int64_t p = 0; p < P; ++p) {
-            wp[out + p] = win[p * Qp + q];
+            sp[out + p] = sum[p * Qp + q];
+            mp[out + p] = best[p * Qp + q];
             if (c8)
               c8[out + p] = static_cast<uint8_t>(chan[p * Qp + q]);
             else
@@ -549,48 +556,126 @@ std::tuple<Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank,
       }
     });
   });
-  return {channel, winner};
+  return {channel, summed, maximum};
 }
 
 
-// The input and filter gradients of sel[b, l, q, y, x] = a[b, q, c*, l] ft[b, q, c*, l, y, x] (a = 1 if undefined),
-// c* = channel[b, l, q, y, x]: each output position sends its gradient to the k x k window and filter of its
-// winning channel only. grad [B, L, Co, |H|, Yo, Xo] -> (grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k]),
-// each undefined where not needed.
-std::tuple<Tensor, Tensor> selected_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank,
-                                             const Maybe& a_, const Tensor& channel_, int64_t stride, int64_t padding,
-                                             int64_t dilation, bool need_x, bool need_w) {
-  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
-  const Tensor grad = grad_.contiguous();
-  const Tensor channel = channel_.contiguous();
-  check(grad, xin, "grad");
-  const Tensor a = a_.has_value() ? *a_ : Tensor();
-  if (a.defined()) {
-    check(a, xin, "a");
-    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+// sel[b, l, q, y, x] = a[b, q, c*, l] ft[b, q, c*, l, y, x] (a = 1 if undefined), c* = channel[b, l, q, y, x]:
+// max_c a ft, recomputed from the winning channel's k x k window (the SelectedResponses of lean.py without its
+// stored winner). selected_forward gives sel [B, L, Co, |H|, Yo, Xo]; selected_backward its gradients with respect
+// to xin [B, Ci * L, Yi, Xi], bank [Co, |H|, Ci, L, k, k] and a [B, Co, |H|, Ci, L] (each undefined where not
+// needed): each output position sends its gradient to the window and filter of its winning channel only.
+struct Selected {
+  ConvGeometry g;
+  Tensor a, channel;
+  int64_t P, kk;
+  std::vector<int64_t> offsets;  // of the k x k taps in a padded plane
+
+  Selected(const Tensor& xin, const Tensor& bank, const Maybe& a_, const Tensor& channel_, int64_t stride,
+           int64_t padding, int64_t dilation)
+      : g(conv_geometry(xin, bank, stride, padding, dilation)),
+        a(a_.has_value() ? *a_ : Tensor()),
+        channel(channel_.contiguous()),
+        P(g.Yo * g.Xo),
+        kk(g.k * g.k),
+        offsets(kk) {
+    if (a.defined()) {
+      check(a, xin, "a");
+      TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+    }
+    TORCH_CHECK(channel.numel() == g.B * g.L * g.Q * P, "channel must be [B, L, Co, |H|, Yo, Xo]");
+    TORCH_CHECK(channel.scalar_type() == at::kByte || channel.scalar_type() == at::kInt,
+                "channel must be uint8 or int32");
+    for (int64_t ty = 0; ty < g.k; ++ty)
+      for (int64_t tx = 0; tx < g.k; ++tx) offsets[ty * g.k + tx] = g.d * (ty * g.cols + tx);
+    if (channel.scalar_type() == at::kByte)
+      c8 = channel.data_ptr<uint8_t>();
+    else
+      c32 = channel.data_ptr<int32_t>();
   }
-  const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
-  TORCH_CHECK(grad.numel() == g.B * g.L * g.Q * P && channel.numel() == grad.numel(),
-              "grad and channel must be [B, L, Co, |H|, Yo, Xo]");
-  TORCH_CHECK(channel.scalar_type() == at::kByte || channel.scalar_type() == at::kInt, "channel must be uint8 or int32");
+
+  const uint8_t* c8 = nullptr;
+  const int32_t* c32 = nullptr;
+
+  int64_t winner(int64_t i) const { return c8 ? c8[i] : c32[i]; }
+
+  // Calls f(i, q, c, at) for every output position i = (b, l, q, y, x) of task bl: its winning channel c and the
+  // offset `at` of its window in the padded planes of (b, :, l).
+  template <typename F>
+  void each_position(int64_t bl, F&& f) const {
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t row = (bl * g.Q + q) * P;
+      for (int64_t y = 0; y < g.Yo; ++y) {
+        for (int64_t x = 0; x < g.Xo; ++x) {
+          const int64_t i = row + y * g.Xo + x, c = winner(i);
+          f(i, q, c, c * g.rows * g.cols + y * g.stride * g.cols + x * g.stride);
+        }
+      }
+    }
+  }
+
+  // Zero-padded copies of the Ci input planes of task bl = (b, l).
+  template <typename T>
+  void fill(PaddedPlanes<T>& xs, const T* xp, int64_t bl, std::vector<const T*>& src) const {
+    const int64_t b = bl / g.L, l = bl % g.L;
+    for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
+    xs.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
+  }
+};
+
+Tensor selected_forward(const Tensor& xin, const Tensor& bank, const Maybe& a_, const Tensor& channel_,
+                        int64_t stride, int64_t padding, int64_t dilation) {
+  const Selected s(xin, bank, a_, channel_, stride, padding, dilation);
+  const ConvGeometry& g = s.g;
+  Tensor out = at::empty({g.B, g.L, bank.size(0), bank.size(1), g.Yo, g.Xo}, xin.options());
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "selected_forward", [&] {
+    using T = scalar_t;
+    const T *xp = xin.data_ptr<T>(), *wp = bank.data_ptr<T>();
+    const T* ap = s.a.defined() ? s.a.data_ptr<T>() : nullptr;
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
+      PaddedPlanes<T> xs;
+      std::vector<const T*> src(g.Ci);
+      for (int64_t bl = begin; bl < end; ++bl) {
+        s.fill(xs, xp, bl, src);
+        const int64_t b = bl / g.L, l = bl % g.L;
+        s.each_position(bl, [&](int64_t i, int64_t q, int64_t c, int64_t at) {
+          const T* w = wp + ((q * g.Ci + c) * g.L + l) * s.kk;
+          const T* xw = xs.data.data() + at;
+          T v = 0;
+          for (int64_t t = 0; t < s.kk; ++t) v += w[t] * xw[s.offsets[t]];
+          op[i] = ap ? ap[((b * g.Q + q) * g.Ci + c) * g.L + l] * v : v;
+        });
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank,
+                                                     const Maybe& a_, const Tensor& channel_, int64_t stride,
+                                                     int64_t padding, int64_t dilation, bool need_x, bool need_w,
+                                                     bool need_a) {
+  const Selected s(xin, bank, a_, channel_, stride, padding, dilation);
+  const ConvGeometry& g = s.g;
+  const Tensor grad = grad_.contiguous();
+  check(grad, xin, "grad");
+  TORCH_CHECK(grad.numel() == s.channel.numel(), "grad must be [B, L, Co, |H|, Yo, Xo]");
+  need_a = need_a && s.a.defined();
   Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
   Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
-  if (!need_x && !need_w) return {grad_x, grad_w};
+  Tensor grad_a = need_a ? at::zeros_like(s.a) : Tensor();
+  if (!need_x && !need_w && !need_a) return {grad_x, grad_w, grad_a};
+  const int64_t kk = s.kk;
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "selected_backward", [&] {
     using T = scalar_t;
-    const T* gp = grad.data_ptr<T>();
-    const T* xp = xin.data_ptr<T>();
-    const T* wp = bank.data_ptr<T>();
-    const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
-    const uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
-    const int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
+    const T *gp = grad.data_ptr<T>(), *xp = xin.data_ptr<T>(), *wp = bank.data_ptr<T>();
+    const T* ap = s.a.defined() ? s.a.data_ptr<T>() : nullptr;
     T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
+    T* gap = need_a ? grad_a.data_ptr<T>() : nullptr;
     const int64_t wsize = g.Q * g.Ci * g.L * kk;
     const int threads = at::get_num_threads();
     std::vector<T> partial(need_w ? threads * wsize : 0, T(0));  // per-thread filter gradients, summed below
-    std::vector<int64_t> offsets(kk);
-    for (int64_t ty = 0; ty < g.k; ++ty)
-      for (int64_t tx = 0; tx < g.k; ++tx) offsets[ty * g.k + tx] = g.d * (ty * g.cols + tx);
     at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
       T* dw = need_w ? partial.data() + at::get_thread_num() * wsize : nullptr;
       PaddedPlanes<T> xs;
@@ -598,32 +683,29 @@ std::tuple<Tensor, Tensor> selected_backward(const Tensor& grad_, const Tensor& 
       std::vector<const T*> src(g.Ci);
       for (int64_t bl = begin; bl < end; ++bl) {
         const int64_t b = bl / g.L, l = bl % g.L;
-        for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
-        if (need_w) xs.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
+        if (need_w || need_a) s.fill(xs, xp, bl, src);
         if (need_x) std::fill(dx.begin(), dx.end(), T(0));
-        for (int64_t q = 0; q < g.Q; ++q) {
-          const int64_t row = (bl * g.Q + q) * P;
-          for (int64_t y = 0; y < g.Yo; ++y) {
-            for (int64_t x = 0; x < g.Xo; ++x) {
-              const int64_t i = row + y * g.Xo + x;
-              const int64_t c = c8 ? c8[i] : c32[i];
-              T gv = gp[i];
-              if (ap) gv *= ap[((b * g.Q + q) * g.Ci + c) * g.L + l];
-              if (gv == T(0)) continue;
-              const int64_t at = c * g.rows * g.cols + y * g.stride * g.cols + x * g.stride;
-              const T* w = wp + ((q * g.Ci + c) * g.L + l) * kk;
-              if (need_x) {
-                T* d = dx.data() + at;
-                for (int64_t t = 0; t < kk; ++t) d[offsets[t]] += gv * w[t];
-              }
-              if (need_w) {
-                const T* xw = xs.data.data() + at;
-                T* dwt = dw + ((q * g.Ci + c) * g.L + l) * kk;
-                for (int64_t t = 0; t < kk; ++t) dwt[t] += gv * xw[offsets[t]];
-              }
-            }
+        s.each_position(bl, [&](int64_t i, int64_t q, int64_t c, int64_t at) {
+          const int64_t qcl = (q * g.Ci + c) * g.L + l, bqcl = b * g.Q * g.Ci * g.L + qcl;
+          const T* w = wp + qcl * kk;
+          if (need_a) {  // d a[b, q, c*, l] += grad ft[c*]
+            const T* xw = xs.data.data() + at;
+            T v = 0;
+            for (int64_t t = 0; t < kk; ++t) v += w[t] * xw[s.offsets[t]];
+            gap[bqcl] += gp[i] * v;
           }
-        }
+          const T gv = ap ? gp[i] * ap[bqcl] : gp[i];  // the gradient reaching ft at the winner
+          if (gv == T(0) || !(need_x || need_w)) return;
+          if (need_x) {
+            T* d = dx.data() + at;
+            for (int64_t t = 0; t < kk; ++t) d[s.offsets[t]] += gv * w[t];
+          }
+          if (need_w) {
+            const T* xw = xs.data.data() + at;
+            T* dwt = dw + qcl * kk;
+            for (int64_t t = 0; t < kk; ++t) dwt[t] += gv * xw[s.offsets[t]];
+          }
+        });
         if (need_x) {  // the padded gradient's interior; inputs the conv never reads get zero
           for (int64_t c = 0; c < g.Ci; ++c) {
             T* out = gxp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
@@ -646,7 +728,78 @@ std::tuple<Tensor, Tensor> selected_backward(const Tensor& grad_, const Tensor& 
       }
     }
   });
-  return {grad_x, grad_w};
+  return {grad_x, grad_w, grad_a};
+}
+
+// The backward of summed[b, l, q] = sum_c a[b, q, c, l] ft[b, q, c, l] (a = 1 if undefined) for stride 1:
+// grad [B, L, Co, |H|, Yo, Xo] -> grad_x [B, Ci * L, Yi, Xi] (undefined unless need_x) and the correlations
+// corr[b, l, q, c, t] = sum_p grad[b, l, q, p] xin[b, (c, l), p + off_t] ([B, L, Co, |H|, Ci, k, k], undefined
+// unless need_corr), from which the caller forms the filter gradient sum_b a corr and the gradient of a,
+// sum_t bank corr. grad_x is a correlation of the Q gradient planes with the flipped, a-weighted filters.
+std::tuple<Tensor, Tensor> summed_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank, const Maybe& a_,
+                                           int64_t padding, int64_t dilation, bool need_x, bool need_corr) {
+  const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
+  const Tensor grad = grad_.contiguous();
+  check(grad, xin, "grad");
+  const Tensor a = a_.has_value() ? *a_ : Tensor();
+  if (a.defined()) {
+    check(a, xin, "a");
+    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+  }
+  const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
+  TORCH_CHECK(grad.numel() == g.B * g.L * g.Q * P, "grad must be [B, L, Co, |H|, Yo, Xo]");
+  Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
+  Tensor corr = need_corr ? at::empty({g.B, g.L, bank.size(0), bank.size(1), g.Ci, g.k, g.k}, xin.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "summed_backward", [&] {
+    using T = scalar_t;
+    constexpr int n = Simd<T>::n;
+    const T* gp = grad.data_ptr<T>();
+    const T* xp = xin.data_ptr<T>();
+    const T* wp = bank.data_ptr<T>();
+    const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
+    const int64_t Xa = round_up(g.Xo, n);
+    at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
+      PaddedPlanes<T> scratch;
+      std::vector<T> outbuf, W(need_x ? g.Ci * g.Q * kk : 0), gpad(need_corr ? g.Yo * Xa : 0, T(0));
+      std::vector<const T*> src(std::max(g.Ci, g.Q));
+      std::vector<T*> dst(g.Ci);
+      for (int64_t bl = begin; bl < end; ++bl) {
+        const int64_t b = bl / g.L, l = bl % g.L;
+        if (need_x) {  // W[c, q, t'] = a[b, q, c, l] bank[q, c, l, k * k - 1 - t']
+          for (int64_t c = 0; c < g.Ci; ++c) {
+            for (int64_t q = 0; q < g.Q; ++q) {
+              const T aq = ap ? ap[((b * g.Q + q) * g.Ci + c) * g.L + l] : T(1);
+              const T* w = wp + ((q * g.Ci + c) * g.L + l) * kk;
+              T* Wcq = W.data() + (c * g.Q + q) * kk;
+              for (int64_t t = 0; t < kk; ++t) Wcq[t] = aq * w[kk - 1 - t];
+            }
+            dst[c] = grad_x.data_ptr<T>() + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
+          }
+          for (int64_t q = 0; q < g.Q; ++q) src[q] = gp + (bl * g.Q + q) * P;
+          correlate_plane<T>(src.data(), g.Q, g.Yo, g.Xo, W.data(), g.Ci, g.k, g.d, g.d * (g.k - 1) - g.pad, dst.data(),
+                             g.Yi, g.Xi, scratch, outbuf);
+        }
+        if (need_corr) {
+          for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
+          scratch.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
+          T* cp = corr.data_ptr<T>() + bl * g.Q * g.Ci * kk;
+          std::fill(cp, cp + g.Q * g.Ci * kk, T(0));
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const T* gq = gp + (bl * g.Q + q) * P;
+            for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], gq + y * g.Xo, g.Xo * sizeof(T));
+            T* cq = cp + q * g.Ci * kk;
+            switch (g.k) {
+              case 3: weight_grad_plane<T, 3>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
+              case 5: weight_grad_plane<T, 5>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
+              case 7: weight_grad_plane<T, 7>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
+              default: weight_grad_plane<T, 0>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
+            }
+          }
+        }
+      }
+    });
+  });
+  return {grad_x, corr};
 }
 
 }  // namespace
@@ -656,5 +809,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("planewise_backward", &planewise_backward);
   m.def("spatial_argmax", &spatial_argmax);
   m.def("channel_argmax", &channel_argmax);
+  m.def("selected_forward", &selected_forward);
   m.def("selected_backward", &selected_backward);
+  m.def("summed_backward", &summed_backward);
 }

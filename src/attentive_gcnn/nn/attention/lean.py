@@ -177,6 +177,8 @@ class ArgMaxes:
     spatial: Tensor | None = None
     channel: Tensor | None = None
     winner: Tensor | None = None
+    summed: Tensor | None = None  # sum_c g, l-major like ``channel``: from the fused kernels, for stride 1
+    maximum: Tensor | None = None  # max_c g, the same: from the fused kernels
 
 
 def argmax_pass(
@@ -232,7 +234,8 @@ def native_argmax_pass(
     kernels, xin: Tensor, bank: Tensor, geo: ConvGeometry, channel_map: Callable | None, spatial: bool
 ) -> ArgMaxes:
     """:func:`argmax_pass` as the fused kernels (``kernels``, see :func:`native_kernels`): all output channels at
-    once, ``ft`` never built, the same arg-maxes (ties: the first)."""
+    once, ``ft`` never built, the same arg-maxes (ties: the first). Instead of ``winner``: ``maximum``
+    (:class:`NativeSelectedResponses`), and ``summed`` for stride 1 (:class:`NativeChannelSum`)."""
     found = ArgMaxes()
     a = None
     with torch.no_grad():
@@ -241,8 +244,37 @@ def native_argmax_pass(
             s_max, found.spatial = kernels.spatial_argmax(xin, bank, *geo.conv_args)
             a = channel_map(s_max, slice(None)).contiguous()
         if spatial:
-            found.channel, found.winner = kernels.channel_argmax(xin, bank, a, *geo.conv_args)
+            found.channel, summed, found.maximum = kernels.channel_argmax(xin, bank, a, *geo.conv_args)
+            found.summed = summed if geo.stride == 1 else None  # NativeChannelSum's backward: stride 1
     return found
+
+
+class NativeChannelSum(torch.autograd.Function):
+    """``sum_c a * ft`` as :func:`modulated_conv` (``sum_orientations=False``) gives it, ``[B, n_in, Co', |H|, X',
+    Y']``, for stride 1, given its value ``summed`` (from :func:`native_argmax_pass`); the backward runs as the
+    fused kernels. Arguments ``(xin, bank, a, summed, geo)``, ``a`` None for 1."""
+
+    @staticmethod
+    def forward(ctx, xin: Tensor, bank: Tensor, a: Tensor | None, summed: Tensor, geo: ConvGeometry) -> Tensor:
+        ctx.save_for_backward(xin, bank, a)
+        ctx.geo = geo
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xin, bank, a = ctx.saved_tensors
+        need_x, need_w, need_a = ctx.needs_input_grad[:3]
+        grad_x, corr = native_kernels(grad).summed_backward(
+            grad, *_contiguous(xin, bank, a), ctx.geo.padding, ctx.geo.dilation, need_x, need_w or need_a
+        )  # corr [B, n_in, Co', |H|, Ci, k, k]: the gradient planes correlated with the input windows
+        grad_w = grad_a = None
+        if need_w:
+            grad_w = (
+                corr.sum(0).permute(1, 2, 3, 0, 4, 5) if a is None else torch.einsum("bojcl,blojcyx->ojclyx", a, corr)
+            )
+        if need_a:
+            grad_a = torch.einsum("ojclyx,blojcyx->bojcl", bank, corr)
+        return grad_x, grad_w, grad_a, None, None
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
@@ -286,12 +318,6 @@ class SelectedResponses(torch.autograd.Function):
             grad_a = grad_a.permute(0, 2, 3, 4, 1)  # [B, Co, H, Ci, n_in]
         if not (need_x or need_w):
             return None, None, grad_a, None, None, None
-        native = native_kernels(grad)
-        if native is not None:
-            grad_x, grad_w = native.selected_backward(
-                grad, *_contiguous(xin, bank, a, channel), *geo.conv_args, need_x, need_w
-            )
-            return grad_x, grad_w, grad_a, None, None, None
         if a is not None:  # the gradient reaching ft at the winner
             grad = grad * _at_winner(a, channel)
         grad = grad.reshape(b, n_in * co * n_h, *grad.shape[-2:])  # conv layout, groups l
@@ -322,6 +348,30 @@ class SelectedResponses(torch.autograd.Function):
             if need_w:
                 grad_w[:, :, c] = gw.view(n_in, co, n_h, k, k).permute(1, 2, 0, 3, 4)
         return (grad_x.view_as(xin) if need_x else None), grad_w, grad_a, None, None, None
+
+
+class NativeSelectedResponses(torch.autograd.Function):
+    """:class:`SelectedResponses` as the fused kernels, without a stored ``winner``: given the value ``maximum``
+    (from :func:`native_argmax_pass`; None: computed by the kernel), backward recomputes ``ft`` at the winning
+    channel from its k x k window (k^2 products). Arguments ``(xin, bank, a, channel, maximum, geo)``; ``a`` None
+    for 1."""
+
+    @staticmethod
+    def forward(ctx, xin, bank, a, channel, maximum, geo: ConvGeometry) -> Tensor:
+        xin, bank, a = _contiguous(xin, bank, a)
+        ctx.save_for_backward(xin, bank, a, channel)
+        ctx.geo = geo
+        if maximum is not None:
+            return maximum
+        return native_kernels(xin).selected_forward(xin, bank, a, channel, *geo.conv_args)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xin, bank, a, channel = ctx.saved_tensors
+        grads = native_kernels(grad).selected_backward(
+            grad, xin, bank, a, channel, *ctx.geo.conv_args, *ctx.needs_input_grad[:3]
+        )
+        return *grads, None, None, None
 
 
 def _at_winner(a: Tensor, channel: Tensor) -> Tensor:
