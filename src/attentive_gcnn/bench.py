@@ -408,10 +408,10 @@ def machine_description(device: str, threads: int, command: str) -> list[str]:
     if device == "cuda":
         lines.append(f"- device: cuda, {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
     else:
-        from attentive_gcnn.kernels import cpu_kernels
+        from attentive_gcnn.kernels import SOURCES, cpu_kernels
 
-        kernels = "built" if cpu_kernels() is not None else "not available: torch ops"
-        lines.append(f"- device: cpu; fused CPU kernels of the alpha-F attention: {kernels}")
+        built = {name: "built" if cpu_kernels(name) is not None else "not available: torch ops" for name in SOURCES}
+        lines.append("- device: cpu; fused CPU kernels: " + ", ".join(f"{k} {v}" for k, v in built.items()))
     return lines
 
 
