@@ -237,9 +237,7 @@ class AttGConv(GConv):
 
         native = lean.native_kernels(xin)
         if native is not None:
-            found = lean.native_argmax_pass(
-                native, xin, bank, geo, channel_map if ca is not None else None, sa is not None
-            )
+            found = lean.native_spatial_argmax(native, xin, bank, geo) if ca is not None else lean.ArgMaxes()
         else:
             found = lean.argmax_pass(
                 lambda o: self._conv_responses(xin, bank[o]),
@@ -256,9 +254,7 @@ class AttGConv(GConv):
         for o0 in range(0, self.out_channels, step):
             o = slice(o0, min(o0 + step, self.out_channels))
             args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, found.spatial))]
-            args += [
-                None if t is None else t[:, :, o] for t in (found.channel, found.winner, found.summed, found.maximum)
-            ]
+            args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
             if torch.is_grad_enabled():
                 out, *chunk_maps = checkpoint(self._attend, *args, o, geo, use_reentrant=False)
             else:
@@ -274,9 +270,7 @@ class AttGConv(GConv):
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
         return out
 
-    def _attend(
-        self, xin, bank, s_avg, spatial_at, channel_at, winner, summed, maximum, o: slice, geo
-    ) -> tuple[Tensor, ...]:
+    def _attend(self, xin, bank, s_avg, spatial_at, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
         """The layer's output for the output channels ``o`` of ``bank``, given the arg-maxes (see :meth:`_lean`),
         and the (detached) maps of the chunk."""
         ca, sa = self.channel_attention, self.spatial_attention
@@ -289,14 +283,12 @@ class AttGConv(GConv):
                 a = 1 - a
             return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True), *maps
         # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
-        if summed is None:  # G_l
-            summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)
-        else:  # found by the fused arg-max pass
-            summed = lean.NativeChannelSum.apply(xin, bank, a, summed, geo)
-        if winner is None:  # max_c g; the fused arg-max pass keeps no winner
-            maximum = lean.NativeSelectedResponses.apply(xin, bank, a, channel_at, maximum, geo)
+        native = lean.native_kernels(xin)
+        if native is not None:  # G_l and max_c g, from one fused pass
+            summed, maximum = lean.native_channel_stats(native, xin, bank, a, geo)
         else:
-            maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)
+            summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
+            maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
         a_x = sa.from_lmajor_stats(summed / self.in_channels, maximum, o)
         maps.append(a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3))  # [B, Co', H, 1, n_in, X', Y']
         return (a_x * summed).sum(dim=1), *maps  # sum_l a_X G_l; _lean subtracts it from the plain conv

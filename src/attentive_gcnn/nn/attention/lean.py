@@ -177,8 +177,6 @@ class ArgMaxes:
     spatial: Tensor | None = None
     channel: Tensor | None = None
     winner: Tensor | None = None
-    summed: Tensor | None = None  # sum_c g, l-major like ``channel``: from the fused kernels, for stride 1
-    maximum: Tensor | None = None  # max_c g, the same: from the fused kernels
 
 
 def argmax_pass(
@@ -230,28 +228,36 @@ def argmax_pass(
     return found
 
 
-def native_argmax_pass(
-    kernels, xin: Tensor, bank: Tensor, geo: ConvGeometry, channel_map: Callable | None, spatial: bool
-) -> ArgMaxes:
-    """:func:`argmax_pass` as the fused kernels (``kernels``, see :func:`native_kernels`): all output channels at
-    once, ``ft`` never built, the same arg-maxes (ties: the first). Instead of ``winner``: ``maximum``
-    (:class:`NativeSelectedResponses`), and ``summed`` for stride 1 (:class:`NativeChannelSum`)."""
+def native_spatial_argmax(kernels, xin: Tensor, bank: Tensor, geo: ConvGeometry) -> ArgMaxes:
+    """The spatial arg-maxes of :func:`argmax_pass` as one fused kernel (``kernels``, see :func:`native_kernels`):
+    all output channels at once, ``ft`` never built, the same positions (ties: the first). The channel arg-maxes
+    come later, chunk by chunk, from :func:`native_channel_stats`."""
     found = ArgMaxes()
-    a = None
     with torch.no_grad():
-        xin, bank = _contiguous(xin, bank)
-        if channel_map is not None:
-            s_max, found.spatial = kernels.spatial_argmax(xin, bank, *geo.conv_args)
-            a = channel_map(s_max, slice(None)).contiguous()
-        if spatial:
-            found.channel, summed, found.maximum = kernels.channel_argmax(xin, bank, a, *geo.conv_args)
-            found.summed = summed if geo.stride == 1 else None  # NativeChannelSum's backward: stride 1
+        _, found.spatial = kernels.spatial_argmax(*_contiguous(xin, bank), *geo.conv_args)
     return found
+
+
+def native_channel_stats(
+    kernels, xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry
+) -> tuple[Tensor, Tensor]:
+    """``(sum_c g, max_c g)`` (``g = a * ft``, ``a`` None for 1), each ``[B, n_in, Co', |H|, X', Y']``: one fused
+    pass over the responses without autograd (the channel arg-max found on the way), then
+    :class:`NativeChannelSum` (stride 1; else :func:`modulated_conv`) and :class:`NativeSelectedResponses` for
+    their gradients. Nothing is kept between forward and backward: under ``torch.utils.checkpoint`` the pass runs
+    again in backward."""
+    with torch.no_grad():
+        channel, summed, maximum = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args)
+    if geo.stride == 1:
+        summed = NativeChannelSum.apply(xin, bank, a, summed, geo)
+    else:
+        summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)
+    return summed, NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo)
 
 
 class NativeChannelSum(torch.autograd.Function):
     """``sum_c a * ft`` as :func:`modulated_conv` (``sum_orientations=False``) gives it, ``[B, n_in, Co', |H|, X',
-    Y']``, for stride 1, given its value ``summed`` (from :func:`native_argmax_pass`); the backward runs as the
+    Y']``, for stride 1, given its value ``summed`` (from :func:`native_channel_stats`); the backward runs as the
     fused kernels. Arguments ``(xin, bank, a, summed, geo)``, ``a`` None for 1."""
 
     @staticmethod
@@ -352,7 +358,7 @@ class SelectedResponses(torch.autograd.Function):
 
 class NativeSelectedResponses(torch.autograd.Function):
     """:class:`SelectedResponses` as the fused kernels, without a stored ``winner``: given the value ``maximum``
-    (from :func:`native_argmax_pass`; None: computed by the kernel), backward recomputes ``ft`` at the winning
+    (from :func:`native_channel_stats`; None: computed by the kernel), backward recomputes ``ft`` at the winning
     channel from its k x k window (k^2 products). Arguments ``(xin, bank, a, channel, maximum, geo)``; ``a`` None
     for 1."""
 
