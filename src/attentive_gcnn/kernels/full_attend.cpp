@@ -190,6 +190,18 @@ void weight_grad_plane(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_
   }
 }
 
+// weight_grad_plane with the kernel size dispatched to a compile-time one where it has one.
+template <typename T>
+void weight_grad(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_t Yo, int64_t Xa, int64_t k, int64_t d,
+                 T* dW) {
+  switch (k) {
+    case 3: weight_grad_plane<T, 3>(in, SI, g, Yo, Xa, k, d, dW); break;
+    case 5: weight_grad_plane<T, 5>(in, SI, g, Yo, Xa, k, d, dW); break;
+    case 7: weight_grad_plane<T, 7>(in, SI, g, Yo, Xa, k, d, dW); break;
+    default: weight_grad_plane<T, 0>(in, SI, g, Yo, Xa, k, d, dW); break;
+  }
+}
+
 struct PlaneGeometry {
   int64_t B, P, Y, X, S, k, d, pad, Yo, Xo;
 };
@@ -290,12 +302,7 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
             for (int64_t s = 0; s < g.S; ++s) planes[s] = in[s] + bp * g.Y * g.X;
             scratch.fill(planes.data(), g.S, g.Y, g.X, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
             for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], gp + bp * g.Yo * g.Xo + y * g.Xo, g.Xo * sizeof(T));
-            switch (g.k) {
-              case 3: weight_grad_plane<T, 3>(scratch, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw); break;
-              case 5: weight_grad_plane<T, 5>(scratch, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw); break;
-              case 7: weight_grad_plane<T, 7>(scratch, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw); break;
-              default: weight_grad_plane<T, 0>(scratch, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw); break;
-            }
+            weight_grad<T>(scratch, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw);
           }
         }
       });
@@ -788,12 +795,7 @@ std::tuple<Tensor, Tensor> summed_backward(const Tensor& grad_, const Tensor& xi
             const T* gq = gp + (bl * g.Q + q) * P;
             for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], gq + y * g.Xo, g.Xo * sizeof(T));
             T* cq = cp + q * g.Ci * kk;
-            switch (g.k) {
-              case 3: weight_grad_plane<T, 3>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
-              case 5: weight_grad_plane<T, 5>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
-              case 7: weight_grad_plane<T, 7>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
-              default: weight_grad_plane<T, 0>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq); break;
-            }
+            weight_grad<T>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq);
           }
         }
       }
