@@ -222,9 +222,12 @@ class AttGConv(GConv):
         With ``G_l = sum_c g`` (``g = a_C * ft``, or ``ft`` without channel attention) the layer is
         ``sum_{c,l} ft - sum_l a_X * G_l`` (``one_minus_product``) or ``sum_l a_X * G_l`` (``product``), and
         channel-only attention is one conv with the per-sample weights ``(1 - a_C) * bank`` (or ``a_C * bank``).
-        ``ft`` is only ever built for a chunk of output channels, without autograd, to find the arg-maxes. The rest
-        runs over chunks of output channels too, each recomputed in backward (``torch.utils.checkpoint``), so that
-        training holds the per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` of one chunk at a time.
+        The plain sum ``sum_{c,l} ft`` is one conv for all output channels. With torch ops ``ft`` is only ever
+        built for a chunk of output channels, without autograd, to find the arg-maxes; the fused kernels
+        (:func:`~attentive_gcnn.nn.attention.lean.native_kernels`) never build it, and find the channel arg-maxes
+        inside the chunked part. That part runs over chunks of output channels, each recomputed in backward
+        (``torch.utils.checkpoint``), so that training holds the per-orientation tensors ``[B, n_in, Co', |H|, X',
+        Y']`` of one chunk at a time.
         """
         xin = self.fold_input(x)
         bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
