@@ -464,47 +464,85 @@ std::tuple<Tensor, Tensor> spatial_argmax(const Tensor& xin, const Tensor& bank,
   return {to_batch_major(best), to_batch_major(arg)};
 }
 
-// The channel c* of max_c a[b, q, c, l] ft[b, q, c, l, y, x] (ft without a) and ft there, for one (b, l), VB filter
-// vectors from q0, at every output position: written pixel-major to chan [Yo * Xo, Qp], win [Yo * Xo, Qp].
-template <typename T, int VB>
-void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp, const ConvGeometry& g,
-                          int32_t* chan, T* sum, T* best) {
+// The channel c* of max_c a[b, q, c, l] ft[b, q, c, l, y, x] (ft without a), that maximum and sum_c a ft, for one
+// (b, l), VB filter vectors from q0 and TP output positions from p0 (flat): written pixel-major to chan, best and
+// sum [Yo * Xo, Qp]. The running maximum, arg-max and sum of the TP x VB responses stay in registers over the
+// channels, and each channel's filter vectors are loaded once for all TP positions.
+template <typename T, int VB, int TP>
+inline void channel_argmax_tile(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp,
+                                const ConvGeometry& g, int64_t p0, typename Simd<T>::Index* chan, T* sum, T* best) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   using Index = typename Simd<T>::Index;
   constexpr int n = Simd<T>::n;
-  const int64_t kkQ = g.k * g.k * Qp;
-  V r[VB], m[VB], sv[VB];
-  I at[VB];
-  for (int64_t y = 0; y < g.Yo; ++y) {
-    for (int64_t x = 0; x < g.Xo; ++x) {
-      for (int64_t c = 0; c < g.Ci; ++c) {
-        responses<T, VB>(planes.plane(c), planes.cols, w + c * g.L * kkQ, Qp, g, y, x, r);
-        if (c == 0) {
-          for (int v = 0; v < VB; ++v) {
-            m[v] = a ? r[v] * loadu<V>(a + v * n) : r[v];
-            sv[v] = m[v];
-            at[v] = I{};
-          }
-          continue;
+  const int64_t kkQ = g.k * g.k * Qp, plane = planes.rows * planes.cols;
+  int64_t at0[TP];  // offset of each position's window in a padded plane
+  for (int t = 0; t < TP; ++t) {
+    const int64_t y = (p0 + t) / g.Xo, x = (p0 + t) % g.Xo;
+    at0[t] = y * g.stride * planes.cols + x * g.stride;
+  }
+  V m[TP][VB], s[TP][VB];
+  I arg[TP][VB];
+  for (int64_t c = 0; c < g.Ci; ++c) {
+    V r[TP][VB];
+    for (int t = 0; t < TP; ++t)
+      for (int v = 0; v < VB; ++v) r[t][v] = V{};
+    const T* wc = w + c * g.L * kkQ;
+    const T* xc = planes.data.data() + c * plane;
+    for (int64_t ty = 0; ty < g.k; ++ty) {
+      for (int64_t tx = 0; tx < g.k; ++tx) {
+        const T* wt = wc + (ty * g.k + tx) * Qp;
+        V wv[VB];
+        for (int v = 0; v < VB; ++v) wv[v] = loadu<V>(wt + v * n);
+        const int64_t off = g.d * (ty * planes.cols + tx);
+        for (int t = 0; t < TP; ++t) {
+          const V xv = splat<V>(xc[at0[t] + off]);
+          for (int v = 0; v < VB; ++v) r[t][v] += xv * wv[v];
         }
-        const I here = I{} + static_cast<Index>(c);
-        for (int v = 0; v < VB; ++v) {
-          const V gv = a ? r[v] * loadu<V>(a + c * Qp + v * n) : r[v];
-          sv[v] += gv;
-          const auto up = replaces(gv, m[v]);
-          m[v] = up ? gv : m[v];
-          at[v] = up ? here : at[v];
-        }
-      }
-      const int64_t px = (y * g.Xo + x) * Qp;
-      for (int v = 0; v < VB; ++v) {
-        storeu(sum + px + v * n, sv[v]);
-        storeu(best + px + v * n, m[v]);
-        for (int i = 0; i < n; ++i) chan[px + v * n + i] = static_cast<int32_t>(at[v][i]);
       }
     }
+    if (a) {
+      for (int v = 0; v < VB; ++v) {
+        const V av = loadu<V>(a + c * Qp + v * n);
+        for (int t = 0; t < TP; ++t) r[t][v] *= av;
+      }
+    }
+    if (c == 0) {
+      for (int t = 0; t < TP; ++t)
+        for (int v = 0; v < VB; ++v) {
+          m[t][v] = s[t][v] = r[t][v];
+          arg[t][v] = I{};
+        }
+    } else {
+      const I here = I{} + static_cast<Index>(c);
+      for (int t = 0; t < TP; ++t)
+        for (int v = 0; v < VB; ++v) {
+          s[t][v] += r[t][v];
+          const auto up = replaces(r[t][v], m[t][v]);
+          m[t][v] = up ? r[t][v] : m[t][v];
+          arg[t][v] = up ? here : arg[t][v];
+        }
+    }
   }
+  for (int t = 0; t < TP; ++t) {
+    const int64_t px = (p0 + t) * Qp;
+    for (int v = 0; v < VB; ++v) {
+      storeu(sum + px + v * n, s[t][v]);
+      storeu(best + px + v * n, m[t][v]);
+      storeu(chan + px + v * n, arg[t][v]);
+    }
+  }
+}
+
+// channel_argmax_tile over all output positions: tiles of 12 / VB positions, then single ones.
+template <typename T, int VB>
+void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp, const ConvGeometry& g,
+                          typename Simd<T>::Index* chan, T* sum, T* best) {
+  constexpr int TP = 12 / (VB == 3 ? 4 : VB * 2);  // 6, 3, 3, 1 positions for 1 to 4 vectors
+  const int64_t P = g.Yo * g.Xo;
+  int64_t p0 = 0;
+  for (; p0 + TP <= P; p0 += TP) channel_argmax_tile<T, VB, TP>(planes, w, a, Qp, g, p0, chan, sum, best);
+  for (; p0 < P; ++p0) channel_argmax_tile<T, VB, 1>(planes, w, a, Qp, g, p0, chan, sum, best);
 }
 
 // channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed = sum_c a ft and maximum = max_c a ft
@@ -535,7 +573,7 @@ std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tenso
       PaddedPlanes<T> scratch;
       std::vector<const T*> src(g.Ci);
       std::vector<T> aq(ap ? g.Ci * Qp : 0, T(0)), sum(P * Qp), best(P * Qp);
-      std::vector<int32_t> chan(P * Qp);
+      std::vector<typename Simd<T>::Index> chan(P * Qp);
       for (int64_t bl = begin; bl < end; ++bl) {
         const int64_t b = bl / g.L, l = bl % g.L;
         for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
@@ -549,15 +587,21 @@ std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tenso
           BY_BLOCK(vb, channel_argmax_block, scratch, wl + q0, ap ? aq.data() + q0 : nullptr, Qp, g, chan.data() + q0,
                    sum.data() + q0, best.data() + q0)
         }
-        for (int64_t q = 0; q < g.Q; ++q) {  // pixel-major scratch -> [q, pixel] of this (b, l)
-          const int64_t out = (bl * g.Q + q) * P;
-          for (int64_t p = 0; p < P; ++p) {
-            sp[out + p] = sum[p * Qp + q];
-            mp[out + p] = best[p * Qp + q];
-            if (c8)
-              c8[out + p] = static_cast<uint8_t>(chan[p * Qp + q]);
-            else
-              c32[out + p] = chan[p * Qp + q];
+        // pixel-major scratch -> [q, pixel] of this (b, l), in tiles of 16 pixels that stay in L1
+        const int64_t base = bl * g.Q * P;
+        for (int64_t p0 = 0; p0 < P; p0 += 16) {
+          const int64_t p1 = std::min(P, p0 + 16);
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t out = base + q * P;
+            for (int64_t p = p0; p < p1; ++p) {
+              sp[out + p] = sum[p * Qp + q];
+              mp[out + p] = best[p * Qp + q];
+            }
+            if (c8) {
+              for (int64_t p = p0; p < p1; ++p) c8[out + p] = static_cast<uint8_t>(chan[p * Qp + q]);
+            } else {
+              for (int64_t p = p0; p < p1; ++p) c32[out + p] = static_cast<int32_t>(chan[p * Qp + q]);
+            }
           }
         }
       }
