@@ -244,15 +244,26 @@ def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if c[8] == 1], ids=str)
 @pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
-def test_native_channel_sum_is_the_modulated_conv(full_native, dtype, case, with_a):
+@pytest.mark.parametrize("used", ["both", "sum", "max"])
+def test_native_channel_stats_equal_torch(full_native, dtype, case, with_a, used):
+    """sum_c a ft and max_c a ft with one fused backward = the modulated conv and the selected responses."""
     xin, bank, a, conv = conv_case(case, dtype)
     a = a if with_a else None
     geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    _, summed, _ = full_native.channel_argmax(xin, bank, a, *conv)
+    channel, summed, maximum = full_native.channel_argmax(xin, bank, a, *conv)
+    ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
+    winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
     leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
-    got = lean.NativeChannelSum.apply(xin, bank, a, summed, geo)
-    want = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)
-    same(got, want, dtype)
-    g = torch.randn_like(want)
-    for x, y in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(want, leaves, g), strict=True):
+    got = lean.NativeChannelStats.apply(xin, bank, a, channel, summed, maximum, geo)
+    want = (
+        lean.modulated_conv(xin, bank, a, geo, sum_orientations=False),
+        lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo),
+    )
+    for x, y in zip(got, want, strict=True):
+        same(x, y, dtype)
+    g = torch.randn_like(want[0])
+    pick = {"both": [0, 1], "sum": [0], "max": [1]}[used]
+    loss_got = sum((got[i] * g * (i + 1)).sum() for i in pick)
+    loss_want = sum((want[i] * g * (i + 1)).sum() for i in pick)
+    for x, y in zip(torch.autograd.grad(loss_got, leaves), torch.autograd.grad(loss_want, leaves), strict=True):
         same(x, y, dtype)

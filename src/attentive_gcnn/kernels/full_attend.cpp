@@ -9,7 +9,7 @@
 //   channel sum sum_c a ft, l-major [B, L, Co, |H|, Y', X'];
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
 //   gradients;
-// - summed_backward: the gradients of sum_c a ft (stride 1).
+// - channel_stats_backward: the gradients of sum_c a ft and of max_c a ft together (stride 1).
 //
 // xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. The vector code
 // uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile to whatever SIMD the target
@@ -36,6 +36,8 @@ struct Simd<float> {
   typedef float V __attribute__((vector_size(64)));
   typedef int32_t Index;
   typedef Index I __attribute__((vector_size(64)));
+  typedef uint8_t U8 __attribute__((vector_size(16)));  // channel indices, one per lane
+  typedef int32_t I32 __attribute__((vector_size(64)));
   static constexpr int n = 16;
 };
 template <>
@@ -43,6 +45,8 @@ struct Simd<double> {
   typedef double V __attribute__((vector_size(64)));
   typedef int64_t Index;
   typedef Index I __attribute__((vector_size(64)));
+  typedef uint8_t U8 __attribute__((vector_size(8)));
+  typedef int32_t I32 __attribute__((vector_size(32)));
   static constexpr int n = 8;
 };
 
@@ -157,8 +161,8 @@ void correlate_plane(const T* const* in, int64_t SI, int64_t Y, int64_t X, const
 // (Yo, Xa) columns so that the vector tails add nothing. KT > 0: the kernel size at compile time (the tx
 // accumulators stay in registers); KT = 0: any size, one tap at a time.
 template <typename T, int KT>
-void weight_grad_plane(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_t Yo, int64_t Xa, int64_t k,
-                       int64_t d, T* dW) {
+void weight_grad_plane(const PaddedPlanes<T>& in, int64_t i0, int64_t SI, const T* g, int64_t Yo, int64_t Xa,
+                       int64_t k, int64_t d, T* dW) {
   using V = typename Simd<T>::V;
   constexpr int n = Simd<T>::n;
   const int64_t cols = in.cols;
@@ -169,7 +173,7 @@ void weight_grad_plane(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_
         V acc[KT];
         for (int t = 0; t < KT; ++t) acc[t] = V{};
         for (int64_t y = 0; y < Yo; ++y) {
-          const T* row = in.plane(i) + (y + d * ty) * cols;
+          const T* row = in.plane(i0 + i) + (y + d * ty) * cols;
           for (int64_t x0 = 0; x0 < Xa; x0 += n) {
             const V gv = loadu<V>(g + y * Xa + x0);
             for (int t = 0; t < KT; ++t) acc[t] += gv * loadu<V>(row + x0 + d * t);
@@ -180,7 +184,7 @@ void weight_grad_plane(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_
         for (int64_t tx = 0; tx < k; ++tx) {
           V acc = V{};
           for (int64_t y = 0; y < Yo; ++y) {
-            const T* row = in.plane(i) + (y + d * ty) * cols + d * tx;
+            const T* row = in.plane(i0 + i) + (y + d * ty) * cols + d * tx;
             for (int64_t x0 = 0; x0 < Xa; x0 += n) acc += loadu<V>(g + y * Xa + x0) * loadu<V>(row + x0);
           }
           dw[tx] += hsum<T>(acc, n);
@@ -190,15 +194,16 @@ void weight_grad_plane(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_
   }
 }
 
-// weight_grad_plane with the kernel size dispatched to a compile-time one where it has one.
+// weight_grad_plane over planes i0 ... i0 + SI - 1 of in, with the kernel size dispatched to a compile-time one
+// where it has one.
 template <typename T>
-void weight_grad(const PaddedPlanes<T>& in, int64_t SI, const T* g, int64_t Yo, int64_t Xa, int64_t k, int64_t d,
-                 T* dW) {
+void weight_grad(const PaddedPlanes<T>& in, int64_t i0, int64_t SI, const T* g, int64_t Yo, int64_t Xa, int64_t k,
+                 int64_t d, T* dW) {
   switch (k) {
-    case 3: weight_grad_plane<T, 3>(in, SI, g, Yo, Xa, k, d, dW); break;
-    case 5: weight_grad_plane<T, 5>(in, SI, g, Yo, Xa, k, d, dW); break;
-    case 7: weight_grad_plane<T, 7>(in, SI, g, Yo, Xa, k, d, dW); break;
-    default: weight_grad_plane<T, 0>(in, SI, g, Yo, Xa, k, d, dW); break;
+    case 3: weight_grad_plane<T, 3>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
+    case 5: weight_grad_plane<T, 5>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
+    case 7: weight_grad_plane<T, 7>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
+    default: weight_grad_plane<T, 0>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
   }
 }
 
@@ -302,7 +307,7 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
             for (int64_t s = 0; s < g.S; ++s) planes[s] = in[s] + bp * g.Y * g.X;
             scratch.fill(planes.data(), g.S, g.Y, g.X, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
             for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], gp + bp * g.Yo * g.Xo + y * g.Xo, g.Xo * sizeof(T));
-            weight_grad<T>(scratch, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw);
+            weight_grad<T>(scratch, 0, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw);
           }
         }
       });
@@ -782,40 +787,85 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
   return {grad_x, grad_w, grad_a};
 }
 
-// The backward of summed[b, l, q] = sum_c a[b, q, c, l] ft[b, q, c, l] (a = 1 if undefined) for stride 1:
-// grad [B, L, Co, |H|, Yo, Xo] -> grad_x [B, Ci * L, Yi, Xi] (undefined unless need_x) and the correlations
-// corr[b, l, q, c, t] = sum_p grad[b, l, q, p] xin[b, (c, l), p + off_t] ([B, L, Co, |H|, Ci, k, k], undefined
-// unless need_corr), from which the caller forms the filter gradient sum_b a corr and the gradient of a,
-// sum_t bank corr. grad_x is a correlation of the Q gradient planes with the flipped, a-weighted filters.
-std::tuple<Tensor, Tensor> summed_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank, const Maybe& a_,
-                                           int64_t padding, int64_t dilation, bool need_x, bool need_corr) {
+// G[i] = gs[i] + [won[i] = c] gm[i] for i < N (gs null: zero; won: c8 or c32), vectorised.
+template <typename T>
+void channel_gradient(const T* gs, const T* gm, const uint8_t* c8, const int32_t* c32, int64_t c, int64_t N, T* G) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  using Index = typename Simd<T>::Index;
+  constexpr int n = Simd<T>::n;
+  using U8 = typename Simd<T>::U8;
+  using I32 = typename Simd<T>::I32;
+  const I cv = I{} + static_cast<Index>(c);
+  int64_t i = 0;
+  for (; i + n <= N; i += n) {
+    const I won = c8 ? __builtin_convertvector(loadu<U8>(c8 + i), I) : __builtin_convertvector(loadu<I32>(c32 + i), I);
+    const V base = gs ? loadu<V>(gs + i) : V{};
+    storeu(G + i, base + (won == cv ? loadu<V>(gm + i) : V{}));
+  }
+  for (; i < N; ++i) {
+    const int64_t won = c8 ? c8[i] : c32[i];
+    G[i] = (gs ? gs[i] : T(0)) + (won == c ? gm[i] : T(0));
+  }
+}
+
+// The backward of the channel statistics summed[b, l, q] = sum_c a[b, q, c, l] ft[b, q, c, l] and maximum[b, l, q]
+// = a[b, q, c*, l] ft[b, q, c*, l] (c* = channel[b, l, q]; a = 1 if undefined), for stride 1, all [B, L, Co, |H|,
+// Yo, Xo]. The gradient reaching ft[b, q, c, l, p] is a[b, q, c, l] G_c[b, l, q, p] with G_c = grad_sum + [c = c*]
+// grad_max (an undefined gradient is zero). Returns grad_x [B, Ci * L, Yi, Xi] (undefined unless need_x) and the
+// correlations corr[b, l, q, c, t] = sum_p G_c[b, l, q, p] xin[b, (c, l), p + off_t] ([B, L, Co, |H|, Ci, k, k],
+// undefined unless need_corr), from which the caller forms the filter gradient sum_b a corr and the gradient of a,
+// sum_t bank corr. grad_x is a correlation of the gradient planes with the flipped, a-weighted filters; without
+// grad_max all channels share the planes grad_sum, else each channel c has its own G_c.
+std::tuple<Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const Maybe& grad_max_, const Tensor& xin,
+                                                  const Tensor& bank, const Maybe& a_, const Maybe& channel_,
+                                                  int64_t padding, int64_t dilation, bool need_x, bool need_corr) {
   const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
-  const Tensor grad = grad_.contiguous();
-  check(grad, xin, "grad");
+  const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
+  const auto gradient = [&](const Maybe& t) {
+    if (!t.has_value() || !t->defined()) return Tensor();
+    Tensor c = t->contiguous();
+    check(c, xin, "grad");
+    TORCH_CHECK(c.numel() == g.B * g.L * g.Q * P, "a gradient must be [B, L, Co, |H|, Yo, Xo]");
+    return c;
+  };
+  const Tensor grad_sum = gradient(grad_sum_), grad_max = gradient(grad_max_);
+  TORCH_CHECK(grad_sum.defined() || grad_max.defined(), "channel_stats_backward: no gradient");
   const Tensor a = a_.has_value() ? *a_ : Tensor();
   if (a.defined()) {
     check(a, xin, "a");
     TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
   }
-  const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
-  TORCH_CHECK(grad.numel() == g.B * g.L * g.Q * P, "grad must be [B, L, Co, |H|, Yo, Xo]");
+  Tensor channel;
+  if (grad_max.defined()) {
+    TORCH_CHECK(channel_.has_value() && channel_->defined(), "the gradient of the maximum needs its channel");
+    channel = channel_->contiguous();
+    TORCH_CHECK(channel.numel() == g.B * g.L * g.Q * P, "channel must be [B, L, Co, |H|, Yo, Xo]");
+    TORCH_CHECK(channel.scalar_type() == at::kByte || channel.scalar_type() == at::kInt,
+                "channel must be uint8 or int32");
+  }
   Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
   Tensor corr = need_corr ? at::empty({g.B, g.L, bank.size(0), bank.size(1), g.Ci, g.k, g.k}, xin.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "summed_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_stats_backward", [&] {
     using T = scalar_t;
     constexpr int n = Simd<T>::n;
-    const T* gp = grad.data_ptr<T>();
+    const T* gs = grad_sum.defined() ? grad_sum.data_ptr<T>() : nullptr;
+    const T* gm = grad_max.defined() ? grad_max.data_ptr<T>() : nullptr;
+    const uint8_t* c8 = gm && channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
+    const int32_t* c32 = gm && !c8 ? channel.data_ptr<int32_t>() : nullptr;
     const T* xp = xin.data_ptr<T>();
     const T* wp = bank.data_ptr<T>();
     const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
+    const bool shared = gm == nullptr;  // every channel sees the planes grad_sum
     const int64_t Xa = round_up(g.Xo, n);
     at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
-      PaddedPlanes<T> scratch;
+      PaddedPlanes<T> scratch, xs;
       std::vector<T> outbuf, W(need_x ? g.Ci * g.Q * kk : 0), gpad(need_corr ? g.Yo * Xa : 0, T(0));
+      std::vector<T> G(shared ? 0 : g.Q * P);
       std::vector<const T*> src(std::max(g.Ci, g.Q));
       std::vector<T*> dst(g.Ci);
       for (int64_t bl = begin; bl < end; ++bl) {
-        const int64_t b = bl / g.L, l = bl % g.L;
+        const int64_t b = bl / g.L, l = bl % g.L, row = bl * g.Q * P;
         if (need_x) {  // W[c, q, t'] = a[b, q, c, l] bank[q, c, l, k * k - 1 - t']
           for (int64_t c = 0; c < g.Ci; ++c) {
             for (int64_t q = 0; q < g.Q; ++q) {
@@ -826,21 +876,35 @@ std::tuple<Tensor, Tensor> summed_backward(const Tensor& grad_, const Tensor& xi
             }
             dst[c] = grad_x.data_ptr<T>() + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
           }
-          for (int64_t q = 0; q < g.Q; ++q) src[q] = gp + (bl * g.Q + q) * P;
-          correlate_plane<T>(src.data(), g.Q, g.Yo, g.Xo, W.data(), g.Ci, g.k, g.d, g.d * (g.k - 1) - g.pad, dst.data(),
-                             g.Yi, g.Xi, scratch, outbuf);
         }
+        T* cp = need_corr ? corr.data_ptr<T>() + bl * g.Q * g.Ci * kk : nullptr;
         if (need_corr) {
           for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
-          scratch.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
-          T* cp = corr.data_ptr<T>() + bl * g.Q * g.Ci * kk;
+          xs.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
           std::fill(cp, cp + g.Q * g.Ci * kk, T(0));
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const T* gq = gp + (bl * g.Q + q) * P;
-            for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], gq + y * g.Xo, g.Xo * sizeof(T));
-            T* cq = cp + q * g.Ci * kk;
-            weight_grad<T>(scratch, g.Ci, gpad.data(), g.Yo, Xa, g.k, g.d, cq);
+        }
+        const auto correlate_planes = [&](const T* planes, int64_t c0, int64_t nc) {
+          // grad_x of channels c0 ... c0 + nc - 1 and their correlations, from the Q planes [Q, P] they share
+          if (need_x) {
+            for (int64_t q = 0; q < g.Q; ++q) src[q] = planes + q * P;
+            correlate_plane<T>(src.data(), g.Q, g.Yo, g.Xo, W.data() + c0 * g.Q * kk, nc, g.k, g.d,
+                               g.d * (g.k - 1) - g.pad, dst.data() + c0, g.Yi, g.Xi, scratch, outbuf);
           }
+          if (need_corr) {
+            for (int64_t q = 0; q < g.Q; ++q) {
+              for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], planes + q * P + y * g.Xo, g.Xo * sizeof(T));
+              weight_grad<T>(xs, c0, nc, gpad.data(), g.Yo, Xa, g.k, g.d, cp + (q * g.Ci + c0) * kk);
+            }
+          }
+        };
+        if (shared) {
+          correlate_planes(gs + row, 0, g.Ci);
+          continue;
+        }
+        for (int64_t c = 0; c < g.Ci; ++c) {  // G_c = grad_sum + [c = c*] grad_max
+          channel_gradient<T>(gs ? gs + row : nullptr, gm + row, c8 ? c8 + row : nullptr, c32 ? c32 + row : nullptr, c,
+                              g.Q * P, G.data());
+          correlate_planes(G.data(), c, 1);
         }
       }
     });
@@ -857,5 +921,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_argmax", &channel_argmax);
   m.def("selected_forward", &selected_forward);
   m.def("selected_backward", &selected_backward);
-  m.def("summed_backward", &summed_backward);
+  m.def("channel_stats_backward", &channel_stats_backward);
 }

@@ -264,10 +264,9 @@ class AttGConv(GConv):
                 out, *chunk_maps = self._attend(*args, o, geo)
             outs.append(out)
             maps.append(chunk_maps)
-        if ca is not None:
-            ca.keep(torch.cat([m[0] for m in maps], dim=1))
-        if sa is not None:
-            sa.keep(torch.cat([m[-1] for m in maps], dim=1))
+        for i, module in enumerate((ca, sa)):
+            if module is not None and module.keep_map:
+                module.keep(torch.cat([m[i] for m in maps], dim=1))
         out = torch.cat(outs, dim=1)
         if sa is not None and self.combine == "one_minus_product":  # one conv for all output channels
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
@@ -275,16 +274,16 @@ class AttGConv(GConv):
 
     def _attend(self, xin, bank, s_avg, spatial_at, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
         """The layer's output for the output channels ``o`` of ``bank``, given the arg-maxes (see :meth:`_lean`),
-        and the (detached) maps of the chunk."""
+        and the (detached) channel and spatial maps of the chunk (None where absent or not kept)."""
         ca, sa = self.channel_attention, self.spatial_attention
-        a, maps = None, []
+        a = a_map = x_map = None
         if ca is not None:
             a = ca.from_stats(s_avg, lean.responses_at(xin, bank, spatial_at, geo), o)
-            maps.append(a.detach()[..., None, None])
+            a_map = a.detach()[..., None, None] if ca.keep_map else None
         if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
             if a is not None and self.combine == "one_minus_product":
                 a = 1 - a
-            return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True), *maps
+            return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True), a_map, x_map
         # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
         native = lean.native_kernels(xin)
         if native is not None:  # G_l and max_c g, from one fused pass
@@ -293,8 +292,9 @@ class AttGConv(GConv):
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
         a_x = sa.from_lmajor_stats(summed / self.in_channels, maximum, o)
-        maps.append(a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3))  # [B, Co', H, 1, n_in, X', Y']
-        return (a_x * summed).sum(dim=1), *maps  # sum_l a_X G_l; _lean subtracts it from the plain conv
+        if sa.keep_map:
+            x_map = a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
+        return (a_x * summed).sum(dim=1), a_map, x_map  # sum_l a_X G_l; _lean subtracts it from the plain conv
 
 
 class AttLiftingConv(AttGConv):

@@ -243,36 +243,41 @@ def native_channel_stats(
 ) -> tuple[Tensor, Tensor]:
     """``(sum_c g, max_c g)`` (``g = a * ft``, ``a`` None for 1), each ``[B, n_in, Co', |H|, X', Y']``: one fused
     pass over the responses without autograd (the channel arg-max found on the way), then
-    :class:`NativeChannelSum` (stride 1; else :func:`modulated_conv`) and :class:`NativeSelectedResponses` for
-    their gradients. Nothing is kept between forward and backward: under ``torch.utils.checkpoint`` the pass runs
-    again in backward."""
+    :class:`NativeChannelStats` for their gradients (stride 1; else :func:`modulated_conv` and
+    :class:`NativeSelectedResponses`). Nothing is kept between forward and backward: under
+    ``torch.utils.checkpoint`` the pass runs again in backward."""
     with torch.no_grad():
         channel, summed, maximum = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args)
     if geo.stride == 1:
-        summed = NativeChannelSum.apply(xin, bank, a, summed, geo)
-    else:
-        summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)
+        return NativeChannelStats.apply(xin, bank, a, channel, summed, maximum, geo)
+    summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)
     return summed, NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo)
 
 
-class NativeChannelSum(torch.autograd.Function):
-    """``sum_c a * ft`` as :func:`modulated_conv` (``sum_orientations=False``) gives it, ``[B, n_in, Co', |H|, X',
-    Y']``, for stride 1, given its value ``summed`` (from :func:`native_channel_stats`); the backward runs as the
-    fused kernels. Arguments ``(xin, bank, a, summed, geo)``, ``a`` None for 1."""
+class NativeChannelStats(torch.autograd.Function):
+    """``(sum_c a * ft, max_c a * ft)``, each ``[B, n_in, Co', |H|, X', Y']``, for stride 1, given their values and
+    the channel arg-max (from :func:`native_channel_stats`); the backward of both is one fused kernel, in which the
+    maximum's gradient joins the sum's at the winning channel. Arguments ``(xin, bank, a, channel, summed, maximum,
+    geo)``, ``a`` None for 1. Equals :func:`modulated_conv` (``sum_orientations=False``) and
+    :class:`SelectedResponses`."""
 
     @staticmethod
-    def forward(ctx, xin: Tensor, bank: Tensor, a: Tensor | None, summed: Tensor, geo: ConvGeometry) -> Tensor:
-        ctx.save_for_backward(xin, bank, a)
+    def forward(ctx, xin, bank, a, channel, summed, maximum, geo: ConvGeometry) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(xin, bank, a, channel)
         ctx.geo = geo
-        return summed
+        ctx.set_materialize_grads(False)
+        return summed, maximum
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        xin, bank, a = ctx.saved_tensors
+    def backward(ctx, grad_sum: Tensor | None, grad_max: Tensor | None):
+        xin, bank, a, channel = ctx.saved_tensors
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
-        grad_x, corr = native_kernels(grad).summed_backward(
-            grad, *_contiguous(xin, bank, a), ctx.geo.padding, ctx.geo.dilation, need_x, need_w or need_a
-        )  # corr [B, n_in, Co', |H|, Ci, k, k]: the gradient planes correlated with the input windows
+        if grad_sum is None and grad_max is None:
+            return (None,) * 7
+        geo = ctx.geo
+        grad_x, corr = native_kernels(xin).channel_stats_backward(
+            grad_sum, grad_max, *_contiguous(xin, bank, a), channel, geo.padding, geo.dilation, need_x, need_w or need_a
+        )  # corr [B, n_in, Co', |H|, Ci, k, k]: each channel's gradient planes correlated with its input windows
         grad_w = grad_a = None
         if need_w:
             grad_w = (
@@ -280,7 +285,7 @@ class NativeChannelSum(torch.autograd.Function):
             )
         if need_a:
             grad_a = torch.einsum("ojclyx,blojcyx->bojcl", bank, corr)
-        return grad_x, grad_w, grad_a, None, None
+        return grad_x, grad_w, grad_a, None, None, None, None
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
