@@ -221,6 +221,23 @@ def test_native_arg_maxes_equal_torch(full_native, dtype, case):
 @needs_compiler
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_native_spatial_max_equals_responses_at(full_native, dtype, case):
+    """max_xy ft with the fused backward = recomputed from its windows (torch ops), values and gradients."""
+    xin, bank, _, conv = conv_case(case, dtype)
+    geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
+    found = lean.native_spatial_argmax(full_native, xin, bank, geo)
+    leaves = [t.requires_grad_() for t in (xin, bank)]
+    got = lean.spatial_maxima(xin, bank, found.spatial, found.spatial_max, geo)
+    want = lean.responses_at(xin, bank, found.spatial, geo)
+    same(got, want, dtype)
+    g = torch.randn_like(want)
+    for x, y in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(want, leaves, g), strict=True):
+        same(x, y, dtype)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
 def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a):
     """max_c a * ft from the winning channel's window (fused kernels) = from the stored winner (torch ops)."""

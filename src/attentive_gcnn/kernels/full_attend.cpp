@@ -4,7 +4,8 @@
 //   over S statistics: out[b, p] = sum_s w[p, s] (*) in_s[b, p], stride 1, padding d * (k // 2), dilation d.
 //   Inputs in_s [B, P, Y, X] (one tensor per statistic, no stacking), w [P, S, k, k], out [B, P, Y', X'].
 // - spatial_argmax: max and first arg-max over output positions of every intermediate response
-//   ft[b, o, j, c, l] = xin[b, (c, l)] (*) bank[o, j, c, l], without ft: [B, Co, |H|, Ci, L] each.
+//   ft[b, o, j, c, l] = xin[b, (c, l)] (*) bank[o, j, c, l], without ft: [B, Co, |H|, Ci, L] each;
+//   spatial_max_backward: the gradients of that maximum.
 // - channel_argmax: the channel c* of max_c a[b, o, j, c, l] ft[b, o, j, c, l, y, x], that maximum and the
 //   channel sum sum_c a ft, l-major [B, L, Co, |H|, Y', X'];
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
@@ -469,6 +470,82 @@ std::tuple<Tensor, Tensor> spatial_argmax(const Tensor& xin, const Tensor& bank,
   return {to_batch_major(best), to_batch_major(arg)};
 }
 
+// The gradients of the spatial maxima s[b, q, c, l] = ft[b, q, c, l] at the flat output position pos[b, q, c, l]
+// (from spatial_argmax): grad, pos [B, Co, |H|, Ci, L] -> grad_x [B, Ci * L, Yi, Xi] and grad_w [Co, |H|, Ci, L,
+// k, k] (each undefined unless needed). Each statistic sends its gradient to its k x k window and filter only.
+std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank,
+                                                const Tensor& pos_, int64_t stride, int64_t padding, int64_t dilation,
+                                                bool need_x, bool need_w) {
+  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
+  const Tensor grad = grad_.contiguous();
+  const Tensor pos = pos_.contiguous();
+  check(grad, xin, "grad");
+  const int64_t n_stats = g.B * g.Q * g.Ci * g.L, kk = g.k * g.k;
+  TORCH_CHECK(grad.numel() == n_stats, "grad must be [B, Co, |H|, Ci, L]");
+  TORCH_CHECK(pos.numel() == n_stats && pos.scalar_type() == at::kInt, "pos must be int32 [B, Co, |H|, Ci, L]");
+  Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
+  Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
+  std::vector<int64_t> ty(kk), tx(kk);
+  for (int64_t t = 0; t < kk; ++t) {
+    ty[t] = g.d * (t / g.k) - g.pad;
+    tx[t] = g.d * (t % g.k) - g.pad;
+  }
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "spatial_max_backward", [&] {
+    using T = scalar_t;
+    const T *gp = grad.data_ptr<T>(), *xp = xin.data_ptr<T>(), *wp = bank.data_ptr<T>();
+    const int32_t* pp = pos.data_ptr<int32_t>();
+    const int64_t CL = g.Ci * g.L, plane = g.Yi * g.Xi;
+    // statistic (b, q, cl) at index (b * Q + q) * CL + cl; its window's top-left input (unpadded) coordinates
+    const auto corner = [&](int64_t i, int64_t& y0, int64_t& x0) {
+      y0 = (pp[i] / g.Xo) * g.stride;
+      x0 = (pp[i] % g.Xo) * g.stride;
+    };
+    if (need_x) {  // one task per input plane (b, cl): no two tasks write the same values
+      at::parallel_for(0, g.B * CL, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bcl = begin; bcl < end; ++bcl) {
+          const int64_t b = bcl / CL, cl = bcl % CL;
+          T* dx = grad_x.data_ptr<T>() + bcl * plane;
+          std::fill(dx, dx + plane, T(0));
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t i = (b * g.Q + q) * CL + cl;
+            const T gv = gp[i];
+            if (gv == T(0)) continue;
+            int64_t y0, x0;
+            corner(i, y0, x0);
+            const T* w = wp + (q * CL + cl) * kk;
+            for (int64_t t = 0; t < kk; ++t) {
+              const int64_t y = y0 + ty[t], x = x0 + tx[t];
+              if (y >= 0 && y < g.Yi && x >= 0 && x < g.Xi) dx[y * g.Xi + x] += gv * w[t];
+            }
+          }
+        }
+      });
+    }
+    if (need_w) {  // one task per filter (q, cl), summed over the batch
+      at::parallel_for(0, g.Q * CL, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t qcl = begin; qcl < end; ++qcl) {
+          const int64_t q = qcl / CL, cl = qcl % CL;
+          T* dw = grad_w.data_ptr<T>() + qcl * kk;
+          std::fill(dw, dw + kk, T(0));
+          for (int64_t b = 0; b < g.B; ++b) {
+            const int64_t i = (b * g.Q + q) * CL + cl;
+            const T gv = gp[i];
+            if (gv == T(0)) continue;
+            int64_t y0, x0;
+            corner(i, y0, x0);
+            const T* xs = xp + (b * CL + cl) * plane;
+            for (int64_t t = 0; t < kk; ++t) {
+              const int64_t y = y0 + ty[t], x = x0 + tx[t];
+              if (y >= 0 && y < g.Yi && x >= 0 && x < g.Xi) dw[t] += gv * xs[y * g.Xi + x];
+            }
+          }
+        }
+      });
+    }
+  });
+  return {grad_x, grad_w};
+}
+
 // The channel c* of max_c a[b, q, c, l] ft[b, q, c, l, y, x] (ft without a), that maximum and sum_c a ft, for one
 // (b, l), VB filter vectors from q0 and TP output positions from p0 (flat): written pixel-major to chan, best and
 // sum [Yo * Xo, Qp]. The running maximum, arg-max and sum of the TP x VB responses stay in registers over the
@@ -918,6 +995,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("planewise_forward", &planewise_forward);
   m.def("planewise_backward", &planewise_backward);
   m.def("spatial_argmax", &spatial_argmax);
+  m.def("spatial_max_backward", &spatial_max_backward);
   m.def("channel_argmax", &channel_argmax);
   m.def("selected_forward", &selected_forward);
   m.def("selected_backward", &selected_backward);

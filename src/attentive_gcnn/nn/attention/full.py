@@ -256,7 +256,7 @@ class AttGConv(GConv):
         outs, maps = [], []
         for o0 in range(0, self.out_channels, step):
             o = slice(o0, min(o0 + step, self.out_channels))
-            args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, found.spatial))]
+            args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, found.spatial, found.spatial_max))]
             args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
             if torch.is_grad_enabled():
                 out, *chunk_maps = checkpoint(self._attend, *args, o, geo, use_reentrant=False)
@@ -272,13 +272,15 @@ class AttGConv(GConv):
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
         return out
 
-    def _attend(self, xin, bank, s_avg, spatial_at, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
+    def _attend(
+        self, xin, bank, s_avg, spatial_at, spatial_max, channel_at, winner, o: slice, geo
+    ) -> tuple[Tensor, ...]:
         """The layer's output for the output channels ``o`` of ``bank``, given the arg-maxes (see :meth:`_lean`),
         and the (detached) channel and spatial maps of the chunk (None where absent or not kept)."""
         ca, sa = self.channel_attention, self.spatial_attention
         a = a_map = x_map = None
         if ca is not None:
-            a = ca.from_stats(s_avg, lean.responses_at(xin, bank, spatial_at, geo), o)
+            a = ca.from_stats(s_avg, lean.spatial_maxima(xin, bank, spatial_at, spatial_max, geo), o)
             a_map = a.detach()[..., None, None] if ca.keep_map else None
         if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
             if a is not None and self.combine == "one_minus_product":

@@ -169,12 +169,14 @@ def modulated_conv(xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometr
 class ArgMaxes:
     """Where the maxima of ``ft`` lie (found without autograd).
 
-    ``spatial [B, Co, |H|, Ci, n_in]``: flat output position of ``max_xy ft`` (None without channel attention);
+    ``spatial [B, Co, |H|, Ci, n_in]``: flat output position of ``max_xy ft`` (None without channel attention),
+    and ``spatial_max`` that maximum (found by the fused kernels only, else None);
     ``channel [B, n_in, Co, |H|, X', Y']`` (l-major): the channel c of ``max_c g``, and ``winner`` the value of
     ``ft`` there (None without spatial attention).
     """
 
     spatial: Tensor | None = None
+    spatial_max: Tensor | None = None
     channel: Tensor | None = None
     winner: Tensor | None = None
 
@@ -234,8 +236,36 @@ def native_spatial_argmax(kernels, xin: Tensor, bank: Tensor, geo: ConvGeometry)
     come later, chunk by chunk, from :func:`native_channel_stats`."""
     found = ArgMaxes()
     with torch.no_grad():
-        _, found.spatial = kernels.spatial_argmax(*_contiguous(xin, bank), *geo.conv_args)
+        found.spatial_max, found.spatial = kernels.spatial_argmax(*_contiguous(xin, bank), *geo.conv_args)
     return found
+
+
+def spatial_maxima(xin: Tensor, bank: Tensor, pos: Tensor, values: Tensor | None, geo: ConvGeometry) -> Tensor:
+    """``max_xy ft`` ``[B, Co, |H|, Ci, n_in]``, differentiable, from its arg-max ``pos``: given its ``values``
+    (from :func:`native_spatial_argmax`) as :class:`NativeSpatialMax`, else recomputed by :func:`responses_at`."""
+    if values is not None:
+        return NativeSpatialMax.apply(xin, bank, pos, values, geo)
+    return responses_at(xin, bank, pos, geo)
+
+
+class NativeSpatialMax(torch.autograd.Function):
+    """:func:`responses_at` at the spatial arg-maxes, given their values; the backward is one fused kernel that
+    sends each statistic's gradient to its k x k window and filter. Arguments ``(xin, bank, pos, values, geo)``."""
+
+    @staticmethod
+    def forward(ctx, xin: Tensor, bank: Tensor, pos: Tensor, values: Tensor, geo: ConvGeometry) -> Tensor:
+        ctx.save_for_backward(xin, bank, pos)
+        ctx.geo = geo
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xin, bank, pos = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x, grad_w = native_kernels(xin).spatial_max_backward(
+            grad, *_contiguous(xin, bank, pos), *ctx.geo.conv_args, need_x, need_w
+        )
+        return (grad_x if need_x else None), (grad_w if need_w else None), None, None, None
 
 
 def native_channel_stats(
