@@ -495,10 +495,13 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
     const T *gp = grad.data_ptr<T>(), *xp = xin.data_ptr<T>(), *wp = bank.data_ptr<T>();
     const int32_t* pp = pos.data_ptr<int32_t>();
     const int64_t CL = g.Ci * g.L, plane = g.Yi * g.Xi;
-    // statistic (b, q, cl) at index (b * Q + q) * CL + cl; its window's top-left input (unpadded) coordinates
-    const auto corner = [&](int64_t i, int64_t& y0, int64_t& x0) {
-      y0 = (pp[i] / g.Xo) * g.stride;
-      x0 = (pp[i] % g.Xo) * g.stride;
+    // f(t, y * Xi + x) for every tap t of statistic i = (b * Q + q) * CL + cl whose input (y, x) is inside the plane
+    const auto each_tap = [&](int64_t i, auto&& f) {
+      const int64_t y0 = (pp[i] / g.Xo) * g.stride, x0 = (pp[i] % g.Xo) * g.stride;
+      for (int64_t t = 0; t < kk; ++t) {
+        const int64_t y = y0 + ty[t], x = x0 + tx[t];
+        if (y >= 0 && y < g.Yi && x >= 0 && x < g.Xi) f(t, y * g.Xi + x);
+      }
     };
     if (need_x) {  // one task per input plane (b, cl): no two tasks write the same values
       at::parallel_for(0, g.B * CL, 1, [&](int64_t begin, int64_t end) {
@@ -509,14 +512,8 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
           for (int64_t q = 0; q < g.Q; ++q) {
             const int64_t i = (b * g.Q + q) * CL + cl;
             const T gv = gp[i];
-            if (gv == T(0)) continue;
-            int64_t y0, x0;
-            corner(i, y0, x0);
             const T* w = wp + (q * CL + cl) * kk;
-            for (int64_t t = 0; t < kk; ++t) {
-              const int64_t y = y0 + ty[t], x = x0 + tx[t];
-              if (y >= 0 && y < g.Yi && x >= 0 && x < g.Xi) dx[y * g.Xi + x] += gv * w[t];
-            }
+            if (gv != T(0)) each_tap(i, [&](int64_t t, int64_t at) { dx[at] += gv * w[t]; });
           }
         }
       });
@@ -530,14 +527,8 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
           for (int64_t b = 0; b < g.B; ++b) {
             const int64_t i = (b * g.Q + q) * CL + cl;
             const T gv = gp[i];
-            if (gv == T(0)) continue;
-            int64_t y0, x0;
-            corner(i, y0, x0);
             const T* xs = xp + (b * CL + cl) * plane;
-            for (int64_t t = 0; t < kk; ++t) {
-              const int64_t y = y0 + ty[t], x = x0 + tx[t];
-              if (y >= 0 && y < g.Yi && x >= 0 && x < g.Xi) dw[t] += gv * xs[y * g.Xi + x];
-            }
+            if (gv != T(0)) each_tap(i, [&](int64_t t, int64_t at) { dw[t] += gv * xs[at]; });
           }
         }
       });
