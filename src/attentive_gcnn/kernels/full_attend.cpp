@@ -11,6 +11,7 @@
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
 //   gradients;
 // - channel_stats_backward: the gradients of sum_c a ft and of max_c a ft together (stride 1).
+// - weighted_sum_forward / weighted_sum_backward: sum_l sigmoid(logits) summed, the spatial attention's weighting.
 //
 // xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. The vector code
 // uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile to whatever SIMD the target
@@ -980,11 +981,71 @@ std::tuple<Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const 
   return {grad_x, corr};
 }
 
+// The spatial attention's weighting: out[b, m] = sum_l a[b, l, m] summed[b, l, m] with a = sigmoid(logits), and its
+// backward, for a, summed [B, L, M] (M = Co * |H| * Yo * Xo) and out [B, M]. The backward gives d summed = g a and
+// d logits = g summed a (1 - a) in one pass, from a (saved in forward) and summed.
+Tensor weighted_sum_forward(const Tensor& a, const Tensor& summed) {
+  TORCH_CHECK(a.dim() >= 2 && a.sizes() == summed.sizes(), "a and summed must be [B, L, ...] of one shape");
+  check(a, a, "a");
+  check(summed, a, "summed");
+  const int64_t B = a.size(0), L = a.size(1), M = a.numel() / std::max<int64_t>(B * L, 1);
+  std::vector<int64_t> shape{B};
+  for (int64_t i = 2; i < a.dim(); ++i) shape.push_back(a.size(i));
+  Tensor out = at::empty(shape, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "weighted_sum_forward", [&] {
+    using T = scalar_t;
+    const T *ap = a.data_ptr<T>(), *sp = summed.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        T* o = op + b * M;
+        for (int64_t l = 0; l < L; ++l) {
+          const T* al = ap + (b * L + l) * M;
+          const T* sl = sp + (b * L + l) * M;
+          if (l == 0) {
+            for (int64_t m = 0; m < M; ++m) o[m] = al[m] * sl[m];
+          } else {
+            for (int64_t m = 0; m < M; ++m) o[m] += al[m] * sl[m];
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> weighted_sum_backward(const Tensor& grad_, const Tensor& a, const Tensor& summed) {
+  const Tensor grad = grad_.contiguous();
+  check(grad, a, "grad");
+  const int64_t B = a.size(0), L = a.size(1), M = a.numel() / std::max<int64_t>(B * L, 1);
+  TORCH_CHECK(grad.numel() == B * M, "grad must be [B, ...] of the output's shape");
+  Tensor grad_summed = at::empty_like(summed), grad_logits = at::empty_like(a);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "weighted_sum_backward", [&] {
+    using T = scalar_t;
+    const T *gp = grad.data_ptr<T>(), *ap = a.data_ptr<T>(), *sp = summed.data_ptr<T>();
+    T *dsp = grad_summed.data_ptr<T>(), *dlp = grad_logits.data_ptr<T>();
+    at::parallel_for(0, B * L, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bl = begin; bl < end; ++bl) {
+        const T* g = gp + (bl / L) * M;
+        const T *al = ap + bl * M, *sl = sp + bl * M;
+        T *ds = dsp + bl * M, *dl = dlp + bl * M;
+        for (int64_t m = 0; m < M; ++m) {
+          ds[m] = g[m] * al[m];
+          dl[m] = g[m] * sl[m] * al[m] * (T(1) - al[m]);
+        }
+      }
+    });
+  });
+  return {grad_summed, grad_logits};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("planewise_forward", &planewise_forward);
   m.def("planewise_backward", &planewise_backward);
+  m.def("weighted_sum_forward", &weighted_sum_forward);
+  m.def("weighted_sum_backward", &weighted_sum_backward);
   m.def("spatial_argmax", &spatial_argmax);
   m.def("spatial_max_backward", &spatial_max_backward);
   m.def("channel_argmax", &channel_argmax);

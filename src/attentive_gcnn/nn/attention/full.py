@@ -117,15 +117,17 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
 
-    def from_lmajor_stats(self, mean: Tensor, maximum: Tensor, o: slice = slice(None)) -> Tensor:
-        """The same map from l-major statistics, ``mean, maximum [B, n_in, Co', |H|, X, Y]`` (output channels
-        ``o``) -> same shape, with :func:`~attentive_gcnn.nn.attention.lean.planewise_conv` (same function, faster
-        on CPUs)."""
-        b, n_in, co, n_h, x, y = mean.shape
+    def lmajor_logits(self, summed: Tensor, maximum: Tensor, mean_scale: float, o: slice = slice(None)) -> Tensor:
+        """The map's logits (before the sigmoid) from l-major statistics: the channel mean ``mean_scale * summed``
+        and ``maximum``, each ``[B, n_in, Co', |H|, X, Y]`` (output channels ``o``) -> same shape, with
+        :func:`~attentive_gcnn.nn.attention.lean.planewise_conv` (same function, faster on CPUs). The scale is
+        applied to the mean's filters, not to ``summed``."""
+        b, n_in, co, n_h, x, y = summed.shape
         k = self.kernel_size
         bank = self._bank(o).permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, 2, k, k)  # [(l, o, j), stat]
-        logits = lean.planewise_conv([mean.flatten(1, 3), maximum.flatten(1, 3)], bank, self.dilation)
-        return torch.sigmoid(logits).view(b, n_in, co, n_h, x, y)
+        bank = bank * bank.new_tensor([mean_scale, 1.0]).view(1, 2, 1, 1)
+        logits = lean.planewise_conv([summed.flatten(1, 3), maximum.flatten(1, 3)], bank, self.dilation)
+        return logits.view(b, n_in, co, n_h, x, y)
 
 
 class AttGConv(GConv):
@@ -293,10 +295,11 @@ class AttGConv(GConv):
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
-        a_x = sa.from_lmajor_stats(summed / self.in_channels, maximum, o)
+        logits = sa.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
+        out, a_x = lean.sigmoid_weighted_sum(logits, summed)  # sum_l a_X G_l; _lean subtracts it from the plain conv
         if sa.keep_map:
             x_map = a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
-        return (a_x * summed).sum(dim=1), a_map, x_map  # sum_l a_X G_l; _lean subtracts it from the plain conv
+        return out, a_map, x_map
 
 
 class AttLiftingConv(AttGConv):

@@ -428,6 +428,34 @@ def native_kernels(t: Tensor):
     return None
 
 
+def sigmoid_weighted_sum(logits: Tensor, summed: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sum_l a * summed, a)`` with ``a = sigmoid(logits)``; ``logits, summed [B, n_in, ...]`` -> ``[B, ...]``
+    and ``a`` (no gradient flows through the returned ``a``). The weighting and its backward are fused kernels
+    (:class:`NativeSigmoidWeightedSum`) where :func:`native_kernels` has them, else torch ops."""
+    if native_kernels(logits) is not None:
+        a = torch.sigmoid(logits.detach())
+        return NativeSigmoidWeightedSum.apply(logits, summed, a), a
+    a = torch.sigmoid(logits)
+    return (a * summed).sum(dim=1), a.detach()
+
+
+class NativeSigmoidWeightedSum(torch.autograd.Function):
+    """``sum_l a * summed`` given ``a = sigmoid(logits)``: arguments ``(logits, summed, a)``. Saves ``a`` and
+    ``summed``; the backward gives the gradients of ``summed`` and ``logits`` in one fused pass."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, summed: Tensor, a: Tensor) -> Tensor:
+        summed = summed.contiguous()
+        ctx.save_for_backward(a, summed)
+        return native_kernels(a).weighted_sum_forward(a, summed)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, summed = ctx.saved_tensors
+        grad_summed, grad_logits = native_kernels(a).weighted_sum_backward(grad, a, summed)
+        return grad_logits, grad_summed, None
+
+
 def planewise_conv(planes: list[Tensor], w: Tensor, dilation: int) -> Tensor:
     """Every plane its own filter: ``out[b, p] = sum_s w[p, s] (*) planes[s][b, p]``, stride 1, padding
     ``d * (k // 2)``, dilation d. ``planes``: S tensors ``[B, P, X, Y]``, ``w [P, S, k, k]`` -> ``[B, P, X, Y]``.
