@@ -137,6 +137,47 @@ void correlate_rows(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t k
   }
 }
 
+// correlate_rows for a compile-time kernel size K and R = 8 rows: for each filter column tx the K weights of that
+// column stay in registers, and each input row vector is loaded once and multiplied into every output row it
+// reaches (fewer loads than multiply-adds, so the loop is bound by the multiply-adds).
+template <typename T, int K>
+void correlate_rows_k(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t d, int64_t Yo8, int64_t Xa, T* out) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n, R = 8;
+  const int64_t cols = in.cols;
+  for (int64_t y0 = 0; y0 < Yo8; y0 += R) {
+    for (int64_t x0 = 0; x0 < Xa; x0 += n) {
+      V acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = V{};
+      for (int64_t i = 0; i < SI; ++i) {
+        const T* base = in.plane(i) + y0 * cols + x0;
+        const T* wi = W + i * K * K;
+        for (int tx = 0; tx < K; ++tx) {
+          V w[K];
+          for (int ty = 0; ty < K; ++ty) w[ty] = splat<V>(wi[ty * K + tx]);
+          const T* col = base + d * tx;
+          // output row r takes input row r + d * ty; with d = 1 input row j feeds rows r = j - ty
+          if (d == 1) {
+#pragma GCC unroll 16
+            for (int j = 0; j < R + K - 1; ++j) {
+              const V v = loadu<V>(col + j * cols);
+#pragma GCC unroll 8
+              for (int ty = 0; ty < K; ++ty) {
+                const int r = j - ty;
+                if (r >= 0 && r < R) acc[r] += w[ty] * v;
+              }
+            }
+          } else {
+            for (int ty = 0; ty < K; ++ty)
+              for (int r = 0; r < R; ++r) acc[r] += w[ty] * loadu<V>(col + (r + d * ty) * cols);
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r) storeu(out + (y0 + r) * Xa + x0, acc[r]);
+    }
+  }
+}
+
 // One plane: SI inputs (Y x X) -> SO outputs (Yo x Xo), weights W [SO, SI, k, k], padding pad.
 template <typename T>
 void correlate_plane(const T* const* in, int64_t SI, int64_t Y, int64_t X, const T* W, int64_t SO, int64_t k,
@@ -149,11 +190,17 @@ void correlate_plane(const T* const* in, int64_t SI, int64_t Y, int64_t X, const
   outbuf.resize(static_cast<size_t>(Yo8 * Xa));
   for (int64_t o = 0; o < SO; ++o) {
     const T* Wo = W + o * SI * k * k;
-    switch (R) {
+    if (R == 8 && k == 7) {
+      correlate_rows_k<T, 7>(scratch, SI, Wo, d, Yo8, Xa, outbuf.data());
+    } else if (R == 8 && k == 3) {
+      correlate_rows_k<T, 3>(scratch, SI, Wo, d, Yo8, Xa, outbuf.data());
+    } else {
+      switch (R) {
       case 8: correlate_rows<T, 8>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
       case 4: correlate_rows<T, 4>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
       case 2: correlate_rows<T, 2>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
       default: correlate_rows<T, 1>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
+      }
     }
     for (int64_t y = 0; y < Yo; ++y) std::memcpy(out[o] + y * Xo, outbuf.data() + y * Xa, Xo * sizeof(T));
   }
