@@ -137,11 +137,11 @@ void correlate_rows(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t k
   }
 }
 
-// correlate_rows for a compile-time kernel size K and R = 8 rows: for each filter column tx the K weights of that
-// column stay in registers, and each input row vector is loaded once and multiplied into every output row it
-// reaches (fewer loads than multiply-adds, so the loop is bound by the multiply-adds).
+// correlate_rows for a compile-time kernel size K, dilation 1 and R = 8 rows: for each filter column tx the K
+// weights of that column stay in registers, and each input row vector is loaded once and multiplied into every
+// output row it reaches (fewer loads than multiply-adds, so the loop is bound by the multiply-adds).
 template <typename T, int K>
-void correlate_rows_k(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t d, int64_t Yo8, int64_t Xa, T* out) {
+void correlate_rows_k(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t Yo8, int64_t Xa, T* out) {
   using V = typename Simd<T>::V;
   constexpr int n = Simd<T>::n, R = 8;
   const int64_t cols = in.cols;
@@ -155,21 +155,16 @@ void correlate_rows_k(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t
         for (int tx = 0; tx < K; ++tx) {
           V w[K];
           for (int ty = 0; ty < K; ++ty) w[ty] = splat<V>(wi[ty * K + tx]);
-          const T* col = base + d * tx;
-          // output row r takes input row r + d * ty; with d = 1 input row j feeds rows r = j - ty
-          if (d == 1) {
+          const T* col = base + tx;
+          // output row r takes input row r + ty: input row j feeds the rows r = j - ty
 #pragma GCC unroll 16
-            for (int j = 0; j < R + K - 1; ++j) {
-              const V v = loadu<V>(col + j * cols);
+          for (int j = 0; j < R + K - 1; ++j) {
+            const V v = loadu<V>(col + j * cols);
 #pragma GCC unroll 8
-              for (int ty = 0; ty < K; ++ty) {
-                const int r = j - ty;
-                if (r >= 0 && r < R) acc[r] += w[ty] * v;
-              }
+            for (int ty = 0; ty < K; ++ty) {
+              const int r = j - ty;
+              if (r >= 0 && r < R) acc[r] += w[ty] * v;
             }
-          } else {
-            for (int ty = 0; ty < K; ++ty)
-              for (int r = 0; r < R; ++r) acc[r] += w[ty] * loadu<V>(col + (r + d * ty) * cols);
           }
         }
       }
@@ -190,10 +185,10 @@ void correlate_plane(const T* const* in, int64_t SI, int64_t Y, int64_t X, const
   outbuf.resize(static_cast<size_t>(Yo8 * Xa));
   for (int64_t o = 0; o < SO; ++o) {
     const T* Wo = W + o * SI * k * k;
-    if (R == 8 && k == 7) {
-      correlate_rows_k<T, 7>(scratch, SI, Wo, d, Yo8, Xa, outbuf.data());
-    } else if (R == 8 && k == 3) {
-      correlate_rows_k<T, 3>(scratch, SI, Wo, d, Yo8, Xa, outbuf.data());
+    if (R == 8 && d == 1 && k == 7) {
+      correlate_rows_k<T, 7>(scratch, SI, Wo, Yo8, Xa, outbuf.data());
+    } else if (R == 8 && d == 1 && k == 3) {
+      correlate_rows_k<T, 3>(scratch, SI, Wo, Yo8, Xa, outbuf.data());
     } else {
       switch (R) {
       case 8: correlate_rows<T, 8>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
