@@ -144,10 +144,12 @@ class AttGConv(GConv):
     (all of ``ft`` at once, the straightforward computation); the same function.
     chunk_elements: the lean path builds ``ft`` (without autograd) for chunks of output channels of at most
     this many values, or one channel.
-    attend_chunk_elements: the lean path's differentiable part runs (and is recomputed in backward) over chunks
-    of output channels whose per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` and per-sample conv weights
-    ``[B, Co', |H|, Ci, n_in, k, k]`` hold at most this many values each, or one channel: larger is faster and
-    holds more memory.
+    attend_chunk_elements: the lean path's differentiable part runs over chunks of output channels whose
+    per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` and per-sample conv weights ``[B, Co', |H|, Ci, n_in,
+    k, k]`` hold at most this many values each, or one channel: larger is faster and holds more memory.
+    recompute_stats: False (default): training keeps each chunk's channel statistics (sum and max over c, the
+    channel arg-max) for backward and recomputes only the spatial map; True: the whole chunk is recomputed in
+    backward, which keeps about a third as much (a factor Ci less than ``ft`` either way) and is slower.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class AttGConv(GConv):
         impl: str = "lean",
         chunk_elements: int = 2**22,
         attend_chunk_elements: int = 2**22,
+        recompute_stats: bool = False,
         **conv_kw,
     ):
         super().__init__(
@@ -179,6 +182,7 @@ class AttGConv(GConv):
         self.scale = 1.0 if (lifting or not haar) else 2 * math.pi / self.group.order
         self.combine, self.impl = combine, impl
         self.chunk_elements, self.attend_chunk_elements = chunk_elements, attend_chunk_elements
+        self.recompute_stats = recompute_stats
         self.channel_attention = (
             FullChannelAttention(self.group, in_channels, out_channels, ratio, lifting) if channel else None
         )
@@ -227,9 +231,10 @@ class AttGConv(GConv):
         The plain sum ``sum_{c,l} ft`` is one conv for all output channels. With torch ops ``ft`` is only ever
         built for a chunk of output channels, without autograd, to find the arg-maxes; the fused kernels
         (:func:`~attentive_gcnn.nn.attention.lean.native_kernels`) never build it, and find the channel arg-maxes
-        inside the chunked part. That part runs over chunks of output channels, each recomputed in backward
-        (``torch.utils.checkpoint``), so that training holds the per-orientation tensors ``[B, n_in, Co', |H|, X',
-        Y']`` of one chunk at a time.
+        inside the chunked part. That part runs over chunks of output channels; in backward it recomputes the
+        spatial map of each chunk (``torch.utils.checkpoint``), or the whole chunk with ``recompute_stats``, so
+        that training keeps per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` (the channel statistics) and
+        never ``ft``.
         """
         xin = self.fold_input(x)
         bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
@@ -260,7 +265,7 @@ class AttGConv(GConv):
             o = slice(o0, min(o0 + step, self.out_channels))
             args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, found.spatial, found.spatial_max))]
             args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
-            if torch.is_grad_enabled():
+            if self.recompute_stats and torch.is_grad_enabled():
                 out, *chunk_maps = checkpoint(self._attend, *args, o, geo, use_reentrant=False)
             else:
                 out, *chunk_maps = self._attend(*args, o, geo)
@@ -295,11 +300,19 @@ class AttGConv(GConv):
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
-        logits = sa.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
-        out, a_x = lean.sigmoid_weighted_sum(logits, summed)  # sum_l a_X G_l; _lean subtracts it from the plain conv
+        # sum_l a_X G_l (_lean subtracts it from the plain conv); the map is recomputed in backward
+        inner = torch.is_grad_enabled() and not self.recompute_stats  # else the whole chunk is recomputed
+        weighting = checkpoint if inner else (lambda f, *args, **_: f(*args))
+        out, a_x = weighting(self._spatial_weighting, summed, maximum, o, use_reentrant=False)
         if sa.keep_map:
-            x_map = a_x.detach().permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
+            x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
         return out, a_map, x_map
+
+    def _spatial_weighting(self, summed: Tensor, maximum: Tensor, o: slice) -> tuple[Tensor, Tensor]:
+        """``(sum_l a_X G_l, a_X)`` (the map detached) from the l-major channel statistics ``summed = G_l`` and
+        ``maximum = max_c g``, each ``[B, n_in, Co', |H|, X', Y']``."""
+        logits = self.spatial_attention.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
+        return lean.sigmoid_weighted_sum(logits, summed)
 
 
 class AttLiftingConv(AttGConv):
