@@ -93,12 +93,15 @@ struct PaddedPlanes {
   int64_t rows, cols;  // of one padded plane
   std::vector<T> data;
 
-  // Copy planes in[i] (Y x X) into zero-padded planes whose element (r, q) is in[r - top, q - left].
+  // Copy planes in[i] (Y x X) into zero-padded planes whose element (r, q) is in[r - top, q - left]. With
+  // same_layout (the previous fill had the same n, Y, X, top, left, rows, cols) only the interior is rewritten.
   void fill(const T* const* in, int64_t n, int64_t Y, int64_t X, int64_t top, int64_t left, int64_t rows_,
-            int64_t cols_) {
+            int64_t cols_, bool same_layout = false) {
+    TORCH_CHECK(!same_layout || (rows == rows_ && cols == cols_ && static_cast<int64_t>(data.size()) == n * rows * cols),
+                "PaddedPlanes: not the previous layout");
     rows = rows_;
     cols = cols_;
-    data.assign(static_cast<size_t>(n * rows * cols), T(0));
+    if (!same_layout) data.assign(static_cast<size_t>(n * rows * cols), T(0));
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t y = 0; y < Y; ++y) {
         const int64_t r = y + top;
@@ -173,15 +176,16 @@ void correlate_rows_k(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t
   }
 }
 
-// One plane: SI inputs (Y x X) -> SO outputs (Yo x Xo), weights W [SO, SI, k, k], padding pad.
+// One plane: SI inputs (Y x X) -> SO outputs (Yo x Xo), weights W [SO, SI, k, k], padding pad. same_layout:
+// scratch holds the zero borders of the previous call, which had the same SI, sizes and padding.
 template <typename T>
 void correlate_plane(const T* const* in, int64_t SI, int64_t Y, int64_t X, const T* W, int64_t SO, int64_t k,
                      int64_t d, int64_t pad, T* const* out, int64_t Yo, int64_t Xo, PaddedPlanes<T>& scratch,
-                     std::vector<T>& outbuf) {
+                     std::vector<T>& outbuf, bool same_layout = false) {
   constexpr int n = Simd<T>::n;
   const int R = Yo >= 8 ? 8 : (Yo >= 4 ? 4 : (Yo >= 2 ? 2 : 1));
   const int64_t Xa = round_up(Xo, n), Yo8 = round_up(Yo, R);
-  scratch.fill(in, SI, Y, X, pad, pad, Yo8 + d * (k - 1), Xa + d * (k - 1));
+  scratch.fill(in, SI, Y, X, pad, pad, Yo8 + d * (k - 1), Xa + d * (k - 1), same_layout);
   outbuf.resize(static_cast<size_t>(Yo8 * Xa));
   for (int64_t o = 0; o < SO; ++o) {
     const T* Wo = W + o * SI * k * k;
@@ -999,7 +1003,7 @@ std::tuple<Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const 
           if (need_x) {
             for (int64_t q = 0; q < g.Q; ++q) src[q] = planes + q * P;
             correlate_plane<T>(src.data(), g.Q, g.Yo, g.Xo, W.data() + c0 * g.Q * kk, nc, g.k, g.d,
-                               g.d * (g.k - 1) - g.pad, dst.data() + c0, g.Yi, g.Xi, scratch, outbuf);
+                               g.d * (g.k - 1) - g.pad, dst.data() + c0, g.Yi, g.Xi, scratch, outbuf, c0 > 0);
           }
           if (need_corr) {
             for (int64_t q = 0; q < g.Q; ++q) {
