@@ -38,8 +38,6 @@ struct Simd<float> {
   typedef float V __attribute__((vector_size(64)));
   typedef int32_t Index;
   typedef Index I __attribute__((vector_size(64)));
-  typedef uint8_t U8 __attribute__((vector_size(16)));  // channel indices, one per lane
-  typedef int32_t I32 __attribute__((vector_size(64)));
   static constexpr int n = 16;
 };
 template <>
@@ -47,8 +45,6 @@ struct Simd<double> {
   typedef double V __attribute__((vector_size(64)));
   typedef int64_t Index;
   typedef Index I __attribute__((vector_size(64)));
-  typedef uint8_t U8 __attribute__((vector_size(8)));
-  typedef int32_t I32 __attribute__((vector_size(32)));
   static constexpr int n = 8;
 };
 
@@ -902,6 +898,15 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
   return {grad_x, grad_w, grad_a};
 }
 
+// n integers from p as the lanes of an index vector (a plain loop: GCC vectorises it, unlike
+// __builtin_convertvector from bytes).
+template <typename I, int n, typename S>
+inline I widen(const S* p) {
+  I out;
+  for (int i = 0; i < n; ++i) out[i] = p[i];
+  return out;
+}
+
 // G[i] = gs[i] + [won[i] = c] gm[i] for i < N (gs null: zero; won: c8 or c32), vectorised.
 template <typename T>
 void channel_gradient(const T* gs, const T* gm, const uint8_t* c8, const int32_t* c32, int64_t c, int64_t N, T* G) {
@@ -909,14 +914,14 @@ void channel_gradient(const T* gs, const T* gm, const uint8_t* c8, const int32_t
   using I = typename Simd<T>::I;
   using Index = typename Simd<T>::Index;
   constexpr int n = Simd<T>::n;
-  using U8 = typename Simd<T>::U8;
-  using I32 = typename Simd<T>::I32;
   const I cv = I{} + static_cast<Index>(c);
   int64_t i = 0;
   for (; i + n <= N; i += n) {
-    const I won = c8 ? __builtin_convertvector(loadu<U8>(c8 + i), I) : __builtin_convertvector(loadu<I32>(c32 + i), I);
-    const V base = gs ? loadu<V>(gs + i) : V{};
-    storeu(G + i, base + (won == cv ? loadu<V>(gm + i) : V{}));
+    const I won = c8 ? widen<I, n>(c8 + i) : widen<I, n>(c32 + i);
+    const I kept = loadu<I>(gm + i) & (won == cv);  // gm's bits where c won, else +0
+    V add;
+    std::memcpy(&add, &kept, sizeof(V));
+    storeu(G + i, gs ? loadu<V>(gs + i) + add : add);
   }
   for (; i < N; ++i) {
     const int64_t won = c8 ? c8[i] : c32[i];
