@@ -256,6 +256,8 @@ class AttGConv(GConv):
                 channel_map if ca is not None else None,
                 sa is not None,
             )
+        # max_xy ft, differentiable, for all output channels at once (one backward pass for the layer)
+        s_max = lean.spatial_maxima(xin, bank, found.spatial, found.spatial_max, geo) if ca is not None else None
         per_channel = xin.shape[0] * self.group.order * self.in_order * geo.pixels  # of a per-orientation tensor
         if ca is not None:  # ... and of the per-sample conv weights a_C * W
             per_channel = max(per_channel, xin.shape[0] * self.group.order * xin.shape[1] * self.kernel_size**2)
@@ -263,7 +265,7 @@ class AttGConv(GConv):
         outs, maps = [], []
         for o0 in range(0, self.out_channels, step):
             o = slice(o0, min(o0 + step, self.out_channels))
-            args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, found.spatial, found.spatial_max))]
+            args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, s_max))]
             args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
             if self.recompute_stats and torch.is_grad_enabled():
                 out, *chunk_maps = checkpoint(self._attend, *args, o, geo, use_reentrant=False)
@@ -279,15 +281,14 @@ class AttGConv(GConv):
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
         return out
 
-    def _attend(
-        self, xin, bank, s_avg, spatial_at, spatial_max, channel_at, winner, o: slice, geo
-    ) -> tuple[Tensor, ...]:
-        """The layer's output for the output channels ``o`` of ``bank``, given the arg-maxes (see :meth:`_lean`),
-        and the (detached) channel and spatial maps of the chunk (None where absent or not kept)."""
+    def _attend(self, xin, bank, s_avg, s_max, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
+        """The layer's output for the output channels ``o`` of ``bank``, given the spatial statistics of ``ft``
+        and the channel arg-maxes (see :meth:`_lean`), and the (detached) channel and spatial maps of the chunk
+        (None where absent or not kept)."""
         ca, sa = self.channel_attention, self.spatial_attention
         a = a_map = x_map = None
         if ca is not None:
-            a = ca.from_stats(s_avg, lean.spatial_maxima(xin, bank, spatial_at, spatial_max, geo), o)
+            a = ca.from_stats(s_avg, s_max, o)
             a_map = a.detach()[..., None, None] if ca.keep_map else None
         if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
             if a is not None and self.combine == "one_minus_product":
