@@ -184,9 +184,9 @@ def saved_bytes(layer: torch.nn.Module, x: torch.Tensor) -> int:
 def test_lean_keeps_a_fraction_of_the_memory_for_backward():
     """A memory test, not a timing test: the reference keeps the intermediate responses ``ft``
     [B, Co, |H|, Ci, |H|, X, Y] and their attended copy for backward. The lean path keeps its inputs, the
-    arg-maxes and, by default, each chunk's channel statistics (sum and max over c, the channel arg-max: tensors a
-    factor Ci smaller than ``ft``), recomputing the spatial map in backward; with ``recompute_stats`` it
-    recomputes the whole chunk and keeps less again. Here with P4CNN's Ci = 10."""
+    arg-maxes and, by default, each chunk's per-orientation tensors (sum and max over c, the channel arg-max, the
+    spatial map: each a factor Ci smaller than ``ft``); with ``recompute_stats`` it recomputes the whole chunk in
+    backward and keeps less again. Here with P4CNN's Ci = 10."""
     ref, lean = twins("p4", False, 10, 10)
     lean.chunk_elements, lean.attend_chunk_elements = 2**14, 2**21
     x = torch.randn(4, 10, 4, 16, 16, dtype=torch.float64)

@@ -147,9 +147,10 @@ class AttGConv(GConv):
     attend_chunk_elements: the lean path's differentiable part runs over chunks of output channels whose
     per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` and per-sample conv weights ``[B, Co', |H|, Ci, n_in,
     k, k]`` hold at most this many values each, or one channel: larger is faster and holds more memory.
-    recompute_stats: False (default): training keeps each chunk's channel statistics (sum and max over c, the
-    channel arg-max) for backward and recomputes only the spatial map; True: the whole chunk is recomputed in
-    backward, which keeps about a third as much (a factor Ci less than ``ft`` either way) and is slower.
+    recompute_stats: False (default): training keeps, for backward, each chunk's per-orientation tensors (the
+    channel sum and max, the channel arg-max, the spatial map), each a factor Ci smaller than ``ft``; True: the
+    whole chunk is recomputed in backward (``torch.utils.checkpoint``), which keeps about a third as much and is
+    slower.
     """
 
     def __init__(
@@ -231,10 +232,9 @@ class AttGConv(GConv):
         The plain sum ``sum_{c,l} ft`` is one conv for all output channels. With torch ops ``ft`` is only ever
         built for a chunk of output channels, without autograd, to find the arg-maxes; the fused kernels
         (:func:`~attentive_gcnn.nn.attention.lean.native_kernels`) never build it, and find the channel arg-maxes
-        inside the chunked part. That part runs over chunks of output channels; in backward it recomputes the
-        spatial map of each chunk (``torch.utils.checkpoint``), or the whole chunk with ``recompute_stats``, so
-        that training keeps per-orientation tensors ``[B, n_in, Co', |H|, X', Y']`` (the channel statistics) and
-        never ``ft``.
+        inside the chunked part. That part runs over chunks of output channels, so that the per-orientation tensors
+        ``[B, n_in, Co', |H|, X', Y']`` of one chunk exist at a time in forward; training keeps them for backward
+        (never ``ft``), or with ``recompute_stats`` recomputes each chunk in backward instead.
         """
         xin = self.fold_input(x)
         bank = transformed_filters(self.weight5d, self.group, self.index)  # [Co, H, Ci, n_in, k, k]
@@ -301,19 +301,11 @@ class AttGConv(GConv):
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
-        # sum_l a_X G_l (_lean subtracts it from the plain conv); the map is recomputed in backward
-        inner = torch.is_grad_enabled() and not self.recompute_stats  # else the whole chunk is recomputed
-        weighting = checkpoint if inner else (lambda f, *args, **_: f(*args))
-        out, a_x = weighting(self._spatial_weighting, summed, maximum, o, use_reentrant=False)
+        logits = sa.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
+        out, a_x = lean.sigmoid_weighted_sum(logits, summed)  # sum_l a_X G_l; _lean subtracts it from the plain conv
         if sa.keep_map:
             x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
         return out, a_map, x_map
-
-    def _spatial_weighting(self, summed: Tensor, maximum: Tensor, o: slice) -> tuple[Tensor, Tensor]:
-        """``(sum_l a_X G_l, a_X)`` (the map detached) from the l-major channel statistics ``summed = G_l`` and
-        ``maximum = max_c g``, each ``[B, n_in, Co', |H|, X', Y']``."""
-        logits = self.spatial_attention.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
-        return lean.sigmoid_weighted_sum(logits, summed)
 
 
 class AttLiftingConv(AttGConv):
