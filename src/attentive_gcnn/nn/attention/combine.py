@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 COMBINES = ("one_minus_product", "product")
@@ -35,15 +36,35 @@ def attend(
 
 
 class KeepsMap:
-    """Mixin for attention modules: the last attention map is kept (detached) as ``attention_map``."""
+    """Mixin for attention modules: the last attention map is kept (detached) as ``attention_map``.
+
+    A map computed in chunks can be kept as its chunks (:meth:`keep_chunks`): they are concatenated when
+    ``attention_map`` is first read, so that training, which never reads it, does not pay for the copy."""
 
     keep_map: bool = True
-    attention_map: Tensor | None = None
+    _map: Tensor | None = None
+    _map_chunks: tuple[list[Tensor], int] | None = None
+
+    @property
+    def attention_map(self) -> Tensor | None:
+        if self._map_chunks is not None:
+            chunks, dim = self._map_chunks
+            self._map, self._map_chunks = torch.cat(chunks, dim=dim), None
+        return self._map
+
+    @attention_map.setter
+    def attention_map(self, value: Tensor | None) -> None:
+        self._map, self._map_chunks = value, None
 
     def keep(self, a: Tensor) -> Tensor:
         if self.keep_map:
             self.attention_map = a.detach()
         return a
+
+    def keep_chunks(self, chunks: list[Tensor], dim: int) -> None:
+        """Keep the map ``torch.cat(chunks, dim)`` (detached), concatenated when first read."""
+        if self.keep_map:
+            self._map, self._map_chunks = None, ([c.detach() for c in chunks], dim)
 
 
 def attention_maps(model: nn.Module) -> dict[str, Tensor]:

@@ -275,7 +275,7 @@ class AttGConv(GConv):
             maps.append(chunk_maps)
         for i, module in enumerate((ca, sa)):
             if module is not None and module.keep_map:
-                module.keep(torch.cat([m[i] for m in maps], dim=1))
+                module.keep_chunks([m[i] for m in maps], dim=1)
         out = torch.cat(outs, dim=1)
         if sa is not None and self.combine == "one_minus_product":  # one conv for all output channels
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
