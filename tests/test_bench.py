@@ -146,3 +146,36 @@ def test_unknown_model_and_bad_options_are_usage_errors(capsys):
     err = capsys.readouterr().err
     assert "error: unknown model(s) nonsense" in err and "not among the models" in err and "KEY=VALUE" in err
     assert "nonsense@a=1" in err and "NAME@KEY=VALUE" in err and "--compile needs at least one warm-up" in err
+
+
+def test_rounds_interleave_the_models_and_report_medians(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def varying_run(name, batch_size, device, threads, warmup, repeats, overrides, timeout=None, compile=False):
+        calls.append(name)
+        k = calls.count(name)  # the round
+        train = {"p4cnn": [100.0, 160.0, 110.0], "fa_p4cnn": [130.0, 125.0, 200.0]}[name][k - 1]
+        result = dict(train_ms=train, eval_ms=train / 2, peak_mb=10.0 * k, params=1, threads=threads)
+        result |= dict(ignored_args=[], name=name, batch_size=batch_size)
+        return bench.Run(name, batch_size, result=result, overrides=overrides)
+
+    monkeypatch.setattr(bench, "run_worker", varying_run)
+    monkeypatch.setattr(bench, "bench_model_names", lambda: ["p4cnn", "fa_p4cnn"])
+    report = tmp_path / "bench.md"
+    argv = ["p4cnn", "fa_p4cnn", "--rounds", "3", "--baseline", "p4cnn", "--device", "cpu", "--markdown", str(report)]
+    assert bench.main(argv) == 0
+    assert calls == ["p4cnn", "fa_p4cnn"] * 3  # round by round, not model by model
+    out = capsys.readouterr().out
+    assert "# round 2/3: p4cnn 160.0 80.0 20.0 1" in out
+    assert "p4cnn 110.0 55.0 20.0 1" in out.split("# medians over 3 rounds:")[1]  # medians of each column
+    assert "fa_p4cnn / p4cnn train time: 1.18 (target <= 1.3) PASS" in out  # 130 / 110
+    assert "median over 3 interleaved rounds" in out
+    text = report.read_text()
+    assert "| `fa_p4cnn` | 128 | 130.0 | 65.0 | 20.0 | 1 | 125.0–200.0 |" in text
+    assert "interleaved" in text
+
+
+def test_rounds_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["p4cnn", "--rounds", "0"])
+    assert e.value.code == 2 and "--rounds" in capsys.readouterr().err

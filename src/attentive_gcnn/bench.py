@@ -329,6 +329,20 @@ def run_worker(
     return run
 
 
+def combine_rounds(runs: list[Run]) -> Run:
+    """One model's runs over several rounds as one: the median train time, eval time and peak memory (each over
+    the rounds), with the per-round train times under ``train_ms_rounds``; the first failure if any round failed."""
+    failed = [run for run in runs if run.result is None]
+    if failed:
+        return failed[0]
+    first = runs[0]
+    result = dict(first.result)
+    for key in ("train_ms", "eval_ms", "peak_mb"):
+        result[key] = statistics.median(run.result[key] for run in runs)
+    result["train_ms_rounds"] = [run.result["train_ms"] for run in runs]
+    return Run(first.name, first.batch_size, result=result, overrides=first.overrides)
+
+
 # ----------------------------------------------------------------------------------------------------- reporting
 
 
@@ -416,7 +430,15 @@ def machine_description(device: str, threads: int, command: str) -> list[str]:
 
 
 def markdown_report(
-    runs: list[Run], rows, device: str, threads: int, command: str, warmup: int, repeats: int, compiled: bool = False
+    runs: list[Run],
+    rows,
+    device: str,
+    threads: int,
+    command: str,
+    warmup: int,
+    repeats: int,
+    compiled: bool = False,
+    rounds: int = 1,
 ) -> str:
     peak = (
         "`torch.cuda.max_memory_allocated` over the steps (model, optimizer state and inputs included)"
@@ -429,22 +451,34 @@ def markdown_report(
     out += [
         f"- training step: forward, cross-entropy, backward, {OPTIMIZER} step, on random inputs and labels; "
         f"eval: `model.eval()` forward under `torch.no_grad()`; times are the median of {repeats} steps after "
-        f"{warmup} warm-up steps",
+        f"{warmup} warm-up steps"
+        + (
+            f"; every model measured in {rounds} rounds, interleaved (round k measures every model once, each in a "
+            "fresh process), and the table gives the median over the rounds and the range of the train step"
+            if rounds > 1
+            else ""
+        ),
         f"- peak memory: {peak}",
         f"- torch.compile: {'every model (compiled during the warm-up steps)' if compiled else 'no (eager)'}",
         "",
-        "| model | batch | train step (ms) | eval forward (ms) | peak memory (MiB) | parameters |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | batch | train step (ms) | eval forward (ms) | peak memory (MiB) | parameters |"
+        + (" train step over rounds (ms) |" if rounds > 1 else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if rounds > 1 else ""),
     ]
     for run in runs:
         if run.result is None:
-            out.append(f"| `{run.name}` | {run.batch_size} | failed: {run.reason} | | | |")
+            blank = " | |" if rounds > 1 else " |"
+            out.append(f"| `{run.name}` | {run.batch_size} | failed: {run.reason} | | |" + blank)
         else:
             r = run.result
-            out.append(
+            line = (
                 f"| `{run.name}` | {run.batch_size} | {r['train_ms']:.1f} | {r['eval_ms']:.1f} "
                 f"| {r['peak_mb']:.1f} | {r['params']:,} |"
             )
+            if rounds > 1:
+                times = r.get("train_ms_rounds", [r["train_ms"]])
+                line += f" {min(times):.1f}–{max(times):.1f} |"
+            out.append(line)
     overridden = [run for run in runs if run.overrides]
     if overridden:
         out += ["", "Model arguments: " + "; ".join(f"`{run.name}`: `{run.overrides}`" for run in overridden)]
@@ -476,6 +510,13 @@ def build_parser(prog: str = "bench.py", description: str | None = None) -> argp
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2 on CPU, torch's on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default 5)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every model this many times, interleaved (round by round), and report the medians "
+        "(default 1): ratios of models measured side by side are then less at the mercy of a busy moment",
+    )
     parser.add_argument(
         "--model-arg",
         action="append",
@@ -512,8 +553,8 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
     missing_base = [b for b in args.baseline if b not in names]
     if missing_base:
         parser.error(f"--baseline {', '.join(missing_base)}: not among the models being measured")
-    if args.batch_size < 1 or args.warmup < 0 or args.repeats < 1:
-        parser.error("--batch-size and --repeats must be positive, --warmup non-negative")
+    if args.batch_size < 1 or args.warmup < 0 or args.repeats < 1 or args.rounds < 1:
+        parser.error("--batch-size, --repeats and --rounds must be positive, --warmup non-negative")
     if args.compile and args.warmup < 1:
         parser.error("--compile needs at least one warm-up step (the compilation)")
     try:
@@ -531,21 +572,27 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
     threads = args.threads if args.threads is not None else (2 if device == "cpu" else 0)
 
     print(HEADER, flush=True)
-    runs = []
-    for name in names:
-        run = run_worker(
-            name,
-            batch_sizes[name],
-            device,
-            threads,
-            args.warmup,
-            args.repeats,
-            overrides[name],
-            args.timeout,
-            args.compile,
-        )
-        runs.append(run)
-        print(format_line(run), flush=True)
+    per_name: dict[str, list[Run]] = {name: [] for name in names}
+    for k in range(args.rounds):
+        for name in names:
+            run = run_worker(
+                name,
+                batch_sizes[name],
+                device,
+                threads,
+                args.warmup,
+                args.repeats,
+                overrides[name],
+                args.timeout,
+                args.compile,
+            )
+            per_name[name].append(run)
+            print((f"# round {k + 1}/{args.rounds}: " if args.rounds > 1 else "") + format_line(run), flush=True)
+    runs = [combine_rounds(per_name[name]) for name in names]
+    if args.rounds > 1:
+        print(f"# medians over {args.rounds} rounds:")
+        for run in runs:
+            print(format_line(run), flush=True)
     rows = ratio_lines(runs, args.baseline)
     if rows:
         print()
@@ -553,6 +600,8 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
         print(f"{what}: {value}" + (f" (target {target}) {verdict}" if target else ""))
     used_threads = next((r.result["threads"] for r in runs if r.result), threads)
     notes = [f"# device {device}, torch threads {used_threads}, warm-up {args.warmup}, median of {args.repeats}"]
+    if args.rounds > 1:
+        notes[0] += f", median over {args.rounds} interleaved rounds"
     if args.compile:
         notes.append("# every model under torch.compile")
     notes.append(f"# train step: forward + cross-entropy + backward + {OPTIMIZER} step on random inputs")
@@ -567,7 +616,9 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
 
     if args.markdown is not None:
         command = shlex.join(["python", prog, *argv])
-        text = markdown_report(runs, rows, device, used_threads, command, args.warmup, args.repeats, args.compile)
+        text = markdown_report(
+            runs, rows, device, used_threads, command, args.warmup, args.repeats, args.compile, args.rounds
+        )
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
         print(f"wrote {args.markdown}")
