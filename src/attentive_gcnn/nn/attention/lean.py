@@ -11,11 +11,11 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
   at those positions (:func:`responses_at`) or, for the channel max, by :class:`SelectedResponses`, whose
   backward touches each position's winning channel only.
 
-The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max pass, the backward of
-:class:`SelectedResponses` and the spatial-attention conv run as fused kernels (``kernels/full_attend.cpp``,
+The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max passes, the maxima's
+and the channel sum's gradients (:class:`NativeSpatialMax`, :class:`NativeChannelStats`), the spatial-attention
+conv and its weighting (:func:`sigmoid_weighted_sum`) run as fused kernels (``kernels/full_attend.cpp``,
 :func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to round-off.
-:class:`~attentive_gcnn.nn.attention.full.AttGConv` puts these together, over chunks of output channels
-recomputed in backward.
+:class:`~attentive_gcnn.nn.attention.full.AttGConv` puts these together over chunks of output channels.
 
 Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``bank [Co, |H|, Ci, n_in, k, k]``.
 """
