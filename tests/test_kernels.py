@@ -153,6 +153,7 @@ PLANEWISE_CASES = [  # B, P, Y, X, S, k, dilation
     (2, 4, 10, 13, 2, 7, 2),
     (2, 2, 9, 17, 3, 4, 1),  # an even kernel: the output is d larger
     (1, 2, 5, 3, 1, 3, 3),  # dilation beyond the map
+    (19, 3, 6, 5, 2, 7, 1),  # more samples than vector lanes, the last lane block partly empty
 ]
 
 
@@ -179,6 +180,7 @@ CONV_CASES = [  # B, Ci, L, Y, X, Co, |H|, k, stride, padding, dilation
     (2, 300, 1, 5, 5, 2, 4, 3, 1, 1, 1),  # more than 256 input channels: int32 indices
     (2, 4, 4, 8, 9, 6, 4, 4, 1, 0, 2),  # even kernel, dilation 2
     (2, 3, 4, 11, 11, 2, 4, 3, 2, 0, 1),  # stride 2: inputs the conv never reads
+    (19, 3, 4, 6, 5, 2, 4, 3, 1, 1, 1),  # more samples than vector lanes, the last lane block partly empty
 ]
 
 

@@ -80,9 +80,7 @@ void check(const Tensor& t, const Tensor& like, const char* name) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Planewise correlation of one plane: out_o[y, x] = sum_i sum_t W[o, i, t] in_i[y + d ty - pad, x + d tx - pad]
-// (zero outside the input), for o < SO, i < SI. Works in zero-padded scratch copies, so the inner loops need no
-// bounds checks: R output rows at a time, one vector of output columns, R independent accumulators.
+// Zero-padded copies of input planes, so that the inner loops of the kernels need no bounds checks.
 // ---------------------------------------------------------------------------------------------------------------
 template <typename T>
 struct PaddedPlanes {
@@ -110,147 +108,6 @@ struct PaddedPlanes {
   const T* plane(int64_t i) const { return data.data() + i * rows * cols; }
 };
 
-template <typename T, int R>
-void correlate_rows(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t k, int64_t d, int64_t Yo8,
-                    int64_t Xa, T* out) {
-  using V = typename Simd<T>::V;
-  constexpr int n = Simd<T>::n;
-  const int64_t cols = in.cols;
-  for (int64_t y0 = 0; y0 < Yo8; y0 += R) {
-    for (int64_t x0 = 0; x0 < Xa; x0 += n) {
-      V acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = V{};
-      for (int64_t i = 0; i < SI; ++i) {
-        const T* base = in.plane(i) + y0 * cols + x0;
-        const T* wi = W + i * k * k;
-        for (int64_t ty = 0; ty < k; ++ty) {
-          for (int64_t tx = 0; tx < k; ++tx) {
-            const V wv = splat<V>(wi[ty * k + tx]);
-            const T* p = base + d * (ty * cols + tx);
-            for (int r = 0; r < R; ++r) acc[r] += wv * loadu<V>(p + r * cols);
-          }
-        }
-      }
-      for (int r = 0; r < R; ++r) storeu(out + (y0 + r) * Xa + x0, acc[r]);
-    }
-  }
-}
-
-// correlate_rows for a compile-time kernel size K, dilation 1 and R = 8 rows: for each filter column tx the K
-// weights of that column stay in registers, and each input row vector is loaded once and multiplied into every
-// output row it reaches (fewer loads than multiply-adds, so the loop is bound by the multiply-adds).
-template <typename T, int K>
-void correlate_rows_k(const PaddedPlanes<T>& in, int64_t SI, const T* W, int64_t Yo8, int64_t Xa, T* out) {
-  using V = typename Simd<T>::V;
-  constexpr int n = Simd<T>::n, R = 8;
-  const int64_t cols = in.cols;
-  for (int64_t y0 = 0; y0 < Yo8; y0 += R) {
-    for (int64_t x0 = 0; x0 < Xa; x0 += n) {
-      V acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = V{};
-      for (int64_t i = 0; i < SI; ++i) {
-        const T* base = in.plane(i) + y0 * cols + x0;
-        const T* wi = W + i * K * K;
-        for (int tx = 0; tx < K; ++tx) {
-          V w[K];
-          for (int ty = 0; ty < K; ++ty) w[ty] = splat<V>(wi[ty * K + tx]);
-          const T* col = base + tx;
-          // output row r takes input row r + ty: input row j feeds the rows r = j - ty
-#pragma GCC unroll 16
-          for (int j = 0; j < R + K - 1; ++j) {
-            const V v = loadu<V>(col + j * cols);
-#pragma GCC unroll 8
-            for (int ty = 0; ty < K; ++ty) {
-              const int r = j - ty;
-              if (r >= 0 && r < R) acc[r] += w[ty] * v;
-            }
-          }
-        }
-      }
-      for (int r = 0; r < R; ++r) storeu(out + (y0 + r) * Xa + x0, acc[r]);
-    }
-  }
-}
-
-// One plane: SI inputs (Y x X) -> SO outputs (Yo x Xo), weights W [SO, SI, k, k], padding pad. same_layout:
-// scratch holds the zero borders of the previous call, which had the same SI, sizes and padding.
-template <typename T>
-void correlate_plane(const T* const* in, int64_t SI, int64_t Y, int64_t X, const T* W, int64_t SO, int64_t k,
-                     int64_t d, int64_t pad, T* const* out, int64_t Yo, int64_t Xo, PaddedPlanes<T>& scratch,
-                     std::vector<T>& outbuf, bool same_layout = false) {
-  constexpr int n = Simd<T>::n;
-  const int R = Yo >= 8 ? 8 : (Yo >= 4 ? 4 : (Yo >= 2 ? 2 : 1));
-  const int64_t Xa = round_up(Xo, n), Yo8 = round_up(Yo, R);
-  scratch.fill(in, SI, Y, X, pad, pad, Yo8 + d * (k - 1), Xa + d * (k - 1), same_layout);
-  outbuf.resize(static_cast<size_t>(Yo8 * Xa));
-  for (int64_t o = 0; o < SO; ++o) {
-    const T* Wo = W + o * SI * k * k;
-    if (R == 8 && d == 1 && k == 7) {
-      correlate_rows_k<T, 7>(scratch, SI, Wo, Yo8, Xa, outbuf.data());
-    } else if (R == 8 && d == 1 && k == 3) {
-      correlate_rows_k<T, 3>(scratch, SI, Wo, Yo8, Xa, outbuf.data());
-    } else {
-      switch (R) {
-      case 8: correlate_rows<T, 8>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
-      case 4: correlate_rows<T, 4>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
-      case 2: correlate_rows<T, 2>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
-      default: correlate_rows<T, 1>(scratch, SI, Wo, k, d, Yo8, Xa, outbuf.data()); break;
-      }
-    }
-    for (int64_t y = 0; y < Yo; ++y) std::memcpy(out[o] + y * Xo, outbuf.data() + y * Xa, Xo * sizeof(T));
-  }
-}
-
-// dW[i, ty, tx] += sum_{y, x} g[y, x] in_i[y + d ty - pad, x + d tx - pad] for one plane; g is zero-padded to
-// (Yo, Xa) columns so that the vector tails add nothing. KT > 0: the kernel size at compile time (the tx
-// accumulators stay in registers); KT = 0: any size, one tap at a time.
-template <typename T, int KT>
-void weight_grad_plane(const PaddedPlanes<T>& in, int64_t i0, int64_t SI, const T* g, int64_t Yo, int64_t Xa,
-                       int64_t k, int64_t d, T* dW) {
-  using V = typename Simd<T>::V;
-  constexpr int n = Simd<T>::n;
-  const int64_t cols = in.cols;
-  for (int64_t i = 0; i < SI; ++i) {
-    for (int64_t ty = 0; ty < k; ++ty) {
-      T* dw = dW + (i * k + ty) * k;
-      if constexpr (KT > 0) {
-        V acc[KT];
-        for (int t = 0; t < KT; ++t) acc[t] = V{};
-        for (int64_t y = 0; y < Yo; ++y) {
-          const T* row = in.plane(i0 + i) + (y + d * ty) * cols;
-          for (int64_t x0 = 0; x0 < Xa; x0 += n) {
-            const V gv = loadu<V>(g + y * Xa + x0);
-            for (int t = 0; t < KT; ++t) acc[t] += gv * loadu<V>(row + x0 + d * t);
-          }
-        }
-        for (int t = 0; t < KT; ++t) dw[t] += hsum<T>(acc[t], n);
-      } else {
-        for (int64_t tx = 0; tx < k; ++tx) {
-          V acc = V{};
-          for (int64_t y = 0; y < Yo; ++y) {
-            const T* row = in.plane(i0 + i) + (y + d * ty) * cols + d * tx;
-            for (int64_t x0 = 0; x0 < Xa; x0 += n) acc += loadu<V>(g + y * Xa + x0) * loadu<V>(row + x0);
-          }
-          dw[tx] += hsum<T>(acc, n);
-        }
-      }
-    }
-  }
-}
-
-// weight_grad_plane over planes i0 ... i0 + SI - 1 of in, with the kernel size dispatched to a compile-time one
-// where it has one.
-template <typename T>
-void weight_grad(const PaddedPlanes<T>& in, int64_t i0, int64_t SI, const T* g, int64_t Yo, int64_t Xa, int64_t k,
-                 int64_t d, T* dW) {
-  switch (k) {
-    case 3: weight_grad_plane<T, 3>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
-    case 5: weight_grad_plane<T, 5>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
-    case 7: weight_grad_plane<T, 7>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
-    default: weight_grad_plane<T, 0>(in, i0, SI, g, Yo, Xa, k, d, dW); break;
-  }
-}
-
 struct PlaneGeometry {
   int64_t B, P, Y, X, S, k, d, pad, Yo, Xo;
 };
@@ -276,23 +133,225 @@ PlaneGeometry planewise_geometry(const std::vector<Tensor>& inputs, const Tensor
   return g;
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// The planewise conv in batch-minor tiles: the planes of one p for n samples (one vector lane per sample) are
+// copied into zero-padded tiles [rows][cols][n], so that every lane does useful work whatever the map size (the
+// maps of the deeper layers are narrower than a vector), rows that lie in the padding are skipped, and the inner
+// loops need no bounds checks.
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T>
+struct LaneTiles {
+  static constexpr int n = Simd<T>::n;
+  int64_t count = 0, rows = 0, cols = 0;
+  std::vector<T> data;
+
+  // count zeroed tiles of rows x cols (a no-op, keeping the zero borders, if the shape is unchanged)
+  void shape(int64_t count_, int64_t rows_, int64_t cols_) {
+    if (count_ == count && rows_ == rows && cols_ == cols) return;
+    count = count_;
+    rows = rows_;
+    cols = cols_;
+    data.assign(static_cast<size_t>(count * rows * cols * n), T(0));
+  }
+  int64_t size() const { return rows * cols * n; }
+  T* tile(int64_t i) { return data.data() + i * size(); }
+  const T* tile(int64_t i) const { return data.data() + i * size(); }
+
+  // Tile i, element (top + y, left + x), lane j <- src[j * lane_stride + y * X + x] for j < lanes (zero for the
+  // other lanes). The borders keep the zeros of shape().
+  void fill(int64_t i, const T* src, int64_t lane_stride, int lanes, int64_t Y, int64_t X, int64_t top, int64_t left) {
+    T* t = tile(i);
+    for (int j = 0; j < n; ++j) {
+      const T* s = src + j * lane_stride;
+      for (int64_t y = 0; y < Y; ++y) {
+        T* row = t + ((y + top) * cols + left) * n + j;
+        if (j < lanes) {
+          for (int64_t x = 0; x < X; ++x) row[x * n] = s[y * X + x];
+        } else {
+          for (int64_t x = 0; x < X; ++x) row[x * n] = T(0);
+        }
+      }
+    }
+  }
+};
+
+// out[y][x][:] = sum_{i < SI} sum_{ty, tx} W[i, ty, tx] in_i[y + d ty][x + d tx][:] for y < Yo, x < Xo, over
+// lane tiles (cols >= Xo rounded up to R, plus d (k - 1)); rows of the tiles outside [r_lo, r_hi) are zero and
+// skipped. R outputs of a row at a time; with a compile-time K and dilation 1, each input vector is loaded once
+// for the R outputs it reaches.
+template <typename T, int K, int R>
+void lane_correlate(const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, int64_t k, int64_t d, int64_t r_lo,
+                    int64_t r_hi, int64_t Yo, int64_t Xo, T* out) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  const int64_t cols = in.cols, kk = k * k;
+  for (int64_t y = 0; y < Yo; ++y) {
+    for (int64_t x0 = 0; x0 < Xo; x0 += R) {
+      V acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = V{};
+      for (int64_t i = 0; i < SI; ++i) {
+        const T* tile = in.tile(i0 + i);
+        for (int64_t ty = 0; ty < k; ++ty) {
+          const int64_t row = y + d * ty;
+          if (row < r_lo || row >= r_hi) continue;
+          const T* src = tile + (row * cols + x0) * n;
+          const T* w = W + i * kk + ty * k;
+          if constexpr (K > 0) {
+            if (d == 1) {
+              V wv[K];
+              for (int tx = 0; tx < K; ++tx) wv[tx] = splat<V>(w[tx]);
+#pragma GCC unroll 16
+              for (int j = 0; j < R + K - 1; ++j) {
+                const V v = loadu<V>(src + j * n);
+#pragma GCC unroll 8
+                for (int tx = 0; tx < K; ++tx) {
+                  const int r = j - tx;
+                  if (r >= 0 && r < R) acc[r] += wv[tx] * v;
+                }
+              }
+              continue;
+            }
+          }
+          for (int64_t tx = 0; tx < k; ++tx) {
+            const V wv = splat<V>(w[tx]);
+            for (int r = 0; r < R; ++r) acc[r] += wv * loadu<V>(src + (r + d * tx) * n);
+          }
+        }
+      }
+      const int nr = static_cast<int>(std::min<int64_t>(R, Xo - x0));
+      for (int r = 0; r < nr; ++r) storeu(out + (y * Xo + x0 + r) * n, acc[r]);
+    }
+  }
+}
+
+// The outputs per row block for Xo columns: the R in 4 ... 8 (or Xo itself if smaller) that wastes the fewest
+// columns, the larger on ties.
+inline int lane_block(int64_t Xo) {
+  if (Xo <= 8) return static_cast<int>(Xo);
+  int best = 8;
+  for (int r = 8; r >= 4; --r) {
+    if (round_up(Xo, r) < round_up(Xo, best)) best = r;
+  }
+  return best;
+}
+
+template <typename T, int K>
+void lane_correlate_r(int R, const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, int64_t k, int64_t d,
+                      int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo, T* out) {
+  switch (R) {
+    case 1: lane_correlate<T, K, 1>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 2: lane_correlate<T, K, 2>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 3: lane_correlate<T, K, 3>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 4: lane_correlate<T, K, 4>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 5: lane_correlate<T, K, 5>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 6: lane_correlate<T, K, 6>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 7: lane_correlate<T, K, 7>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    default: lane_correlate<T, K, 8>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+  }
+}
+
+// lane_correlate with the kernel size dispatched to a compile-time one where it has one.
+template <typename T>
+void lane_correlate_any(int R, const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, int64_t k, int64_t d,
+                        int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo, T* out) {
+  switch (k) {
+    case 3: lane_correlate_r<T, 3>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 5: lane_correlate_r<T, 5>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 7: lane_correlate_r<T, 7>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    default: lane_correlate_r<T, 0>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+  }
+}
+
+// dW[i, ty, tx] += sum_{y, x} g[y, x] in_i[y + d ty][x + d tx] per lane (the lanes are summed by the caller), for
+// the lane tiles of SI inputs and the gradient g [Yo][Xo][n] at (g_top, g_left) of its own tile. Rows of the input
+// tiles outside [r_lo, r_hi) are zero and skipped.
+template <typename T, int KT>
+void lane_weight_grad(const LaneTiles<T>& in, int64_t SI, const LaneTiles<T>& g, int64_t g_top, int64_t g_left,
+                      int64_t k, int64_t d, int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo,
+                      typename Simd<T>::V* dW) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  const T* gt = g.tile(0);
+  for (int64_t i = 0; i < SI; ++i) {
+    const T* tile = in.tile(i);
+    for (int64_t ty = 0; ty < k; ++ty) {
+      const int64_t y_lo = std::max<int64_t>(0, r_lo - d * ty), y_hi = std::min<int64_t>(Yo, r_hi - d * ty);
+      V* dw = dW + (i * k + ty) * k;
+      if constexpr (KT > 0) {
+        V acc[KT];
+        for (int t = 0; t < KT; ++t) acc[t] = V{};
+        for (int64_t y = y_lo; y < y_hi; ++y) {
+          const T* row = tile + (y + d * ty) * in.cols * n;
+          const T* grow = gt + ((y + g_top) * g.cols + g_left) * n;
+          for (int64_t x = 0; x < Xo; ++x) {
+            const V gv = loadu<V>(grow + x * n);
+            for (int t = 0; t < KT; ++t) acc[t] += gv * loadu<V>(row + (x + d * t) * n);
+          }
+        }
+        for (int t = 0; t < KT; ++t) dw[t] += acc[t];
+      } else {
+        for (int64_t tx = 0; tx < k; ++tx) {
+          V acc = V{};
+          for (int64_t y = y_lo; y < y_hi; ++y) {
+            const T* row = tile + (y + d * ty) * in.cols * n;
+            const T* grow = gt + ((y + g_top) * g.cols + g_left) * n;
+            for (int64_t x = 0; x < Xo; ++x) acc += loadu<V>(grow + x * n) * loadu<V>(row + (x + d * tx) * n);
+          }
+          dw[tx] += acc;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void lane_weight_grad_any(const LaneTiles<T>& in, int64_t SI, const LaneTiles<T>& g, int64_t g_top, int64_t g_left,
+                          int64_t k, int64_t d, int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo,
+                          typename Simd<T>::V* dW) {
+  switch (k) {
+    case 3: lane_weight_grad<T, 3>(in, SI, g, g_top, g_left, k, d, r_lo, r_hi, Yo, Xo, dW); break;
+    case 5: lane_weight_grad<T, 5>(in, SI, g, g_top, g_left, k, d, r_lo, r_hi, Yo, Xo, dW); break;
+    case 7: lane_weight_grad<T, 7>(in, SI, g, g_top, g_left, k, d, r_lo, r_hi, Yo, Xo, dW); break;
+    default: lane_weight_grad<T, 0>(in, SI, g, g_top, g_left, k, d, r_lo, r_hi, Yo, Xo, dW); break;
+  }
+}
+
+// Lane j of out [Yo][Xo][n] -> dst + j * lane_stride ([Yo * Xo]) for j < lanes.
+template <typename T>
+void scatter_lanes(const T* out, int lanes, int64_t count, T* dst, int64_t lane_stride) {
+  constexpr int n = Simd<T>::n;
+  for (int j = 0; j < lanes; ++j) {
+    T* d = dst + j * lane_stride;
+    for (int64_t i = 0; i < count; ++i) d[i] = out[i * n + j];
+  }
+}
+
 Tensor planewise_forward(const std::vector<Tensor>& inputs, const Tensor& w, int64_t dilation) {
   const PlaneGeometry g = planewise_geometry(inputs, w, dilation);
   Tensor out = at::empty({g.B, g.P, g.Yo, g.Xo}, inputs[0].options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "planewise_forward", [&] {
-    std::vector<const scalar_t*> in;
-    for (const Tensor& t : inputs) in.push_back(t.data_ptr<scalar_t>());
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, g.B * g.P, 1, [&](int64_t begin, int64_t end) {
-      PaddedPlanes<scalar_t> scratch;
-      std::vector<scalar_t> outbuf;
-      std::vector<const scalar_t*> planes(g.S);
-      for (int64_t bp = begin; bp < end; ++bp) {
-        for (int64_t s = 0; s < g.S; ++s) planes[s] = in[s] + bp * g.Y * g.X;
-        scalar_t* o = op + bp * g.Yo * g.Xo;
-        correlate_plane<scalar_t>(planes.data(), g.S, g.Y, g.X, wp + (bp % g.P) * g.S * g.k * g.k, 1, g.k, g.d,
-                                  g.pad, &o, g.Yo, g.Xo, scratch, outbuf);
+    using T = scalar_t;
+    constexpr int n = Simd<T>::n;
+    std::vector<const T*> in;
+    for (const Tensor& t : inputs) in.push_back(t.data_ptr<T>());
+    const T* wp = w.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    const int R = lane_block(g.Xo);
+    const int64_t blocks = (g.B + n - 1) / n, kk = g.k * g.k;
+    const int64_t rows = g.Yo + g.d * (g.k - 1), cols = round_up(g.Xo, R) + g.d * (g.k - 1);
+    at::parallel_for(0, g.P * blocks, 1, [&](int64_t begin, int64_t end) {
+      LaneTiles<T> tiles;
+      std::vector<T> buf(g.Yo * g.Xo * n);
+      tiles.shape(g.S, rows, cols);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t p = item / blocks, b0 = (item % blocks) * n;
+        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+        for (int64_t s = 0; s < g.S; ++s)
+          tiles.fill(s, in[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X, lanes, g.Y, g.X, g.pad, g.pad);
+        lane_correlate_any<T>(R, tiles, 0, g.S, wp + p * g.S * kk, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo,
+                              buf.data());
+        scatter_lanes<T>(buf.data(), lanes, g.Yo * g.Xo, op + (b0 * g.P + p) * g.Yo * g.Xo, g.P * g.Yo * g.Xo);
       }
     });
   });
@@ -300,62 +359,68 @@ Tensor planewise_forward(const std::vector<Tensor>& inputs, const Tensor& w, int
 }
 
 std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, const std::vector<Tensor>& inputs,
-                                                           const Tensor& w, int64_t dilation, bool need_x,
-                                                           bool need_w) {
+                                                                const Tensor& w, int64_t dilation, bool need_x,
+                                                                bool need_w) {
   const PlaneGeometry g = planewise_geometry(inputs, w, dilation);
   const Tensor grad = grad_.contiguous();
   check(grad, inputs[0], "planewise conv grad");
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({g.B, g.P, g.Yo, g.Xo}), "planewise conv: grad of the wrong shape");
   std::vector<Tensor> grad_inputs;
   Tensor grad_w;
+  if (!need_x && !need_w) return {grad_inputs, grad_w};
+  if (need_x) {
+    for (int64_t s = 0; s < g.S; ++s) grad_inputs.push_back(at::empty_like(inputs[0]));
+  }
+  if (need_w) grad_w = at::empty_like(w);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "planewise_backward", [&] {
     using T = scalar_t;
+    using V = typename Simd<T>::V;
+    constexpr int n = Simd<T>::n;
     const T* gp = grad.data_ptr<T>();
     const T* wp = w.data_ptr<T>();
-    const int64_t kk = g.k * g.k;
-    if (need_x) {  // d in_s = correlation of grad with the flipped filter w[p, s], padding d (k - 1) - pad
-      for (int64_t s = 0; s < g.S; ++s) grad_inputs.push_back(at::empty_like(inputs[0]));
-      std::vector<T*> gi;
-      for (const Tensor& t : grad_inputs) gi.push_back(t.data_ptr<T>());
-      at::parallel_for(0, g.B * g.P, 1, [&](int64_t begin, int64_t end) {
-        PaddedPlanes<T> scratch;
-        std::vector<T> outbuf, flipped(g.S * kk);
-        std::vector<T*> outs(g.S);
-        for (int64_t bp = begin; bp < end; ++bp) {
-          const T* wpl = wp + (bp % g.P) * g.S * kk;
-          for (int64_t s = 0; s < g.S; ++s) {
-            for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
-            outs[s] = gi[s] + bp * g.Y * g.X;
-          }
-          const T* plane = gp + bp * g.Yo * g.Xo;
-          correlate_plane<T>(&plane, 1, g.Yo, g.Xo, flipped.data(), g.S, g.k, g.d, g.d * (g.k - 1) - g.pad,
-                             outs.data(), g.Y, g.X, scratch, outbuf);
+    std::vector<const T*> in;
+    for (const Tensor& t : inputs) in.push_back(t.data_ptr<T>());
+    std::vector<T*> gi;
+    for (const Tensor& t : grad_inputs) gi.push_back(t.data_ptr<T>());
+    T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
+    const int64_t kk = g.k * g.k, blocks = (g.B + n - 1) / n;
+    const int64_t dpad = g.d * (g.k - 1) - g.pad;  // the input gradient: correlation of grad with flipped filters
+    const int R = lane_block(g.X);
+    const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
+    const int64_t x_rows = g.Yo + g.d * (g.k - 1), x_cols = g.Xo + g.d * (g.k - 1);
+    at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
+      LaneTiles<T> gt, xt;
+      gt.shape(1, g_rows, g_cols);
+      if (need_w) xt.shape(g.S, x_rows, x_cols);
+      std::vector<T> buf(need_x ? g.Y * g.X * n : 0), flipped(g.S * kk);
+      std::vector<V> dW(need_w ? g.S * kk : 0);
+      for (int64_t p = begin; p < end; ++p) {
+        const T* wpl = wp + p * g.S * kk;
+        for (int64_t s = 0; s < g.S; ++s) {
+          for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
         }
-      });
-    }
-    if (need_w) {
-      grad_w = at::zeros_like(w);
-      T* dwp = grad_w.data_ptr<T>();
-      std::vector<const T*> in;
-      for (const Tensor& t : inputs) in.push_back(t.data_ptr<T>());
-      constexpr int n = Simd<T>::n;
-      const int64_t Xa = round_up(g.Xo, n);
-      at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
-        PaddedPlanes<T> scratch;
-        std::vector<T> gpad(g.Yo * Xa, T(0));
-        std::vector<const T*> planes(g.S);
-        for (int64_t p = begin; p < end; ++p) {
-          T* dw = dwp + p * g.S * kk;
-          for (int64_t b = 0; b < g.B; ++b) {
-            const int64_t bp = b * g.P + p;
-            for (int64_t s = 0; s < g.S; ++s) planes[s] = in[s] + bp * g.Y * g.X;
-            scratch.fill(planes.data(), g.S, g.Y, g.X, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
-            for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], gp + bp * g.Yo * g.Xo + y * g.Xo, g.Xo * sizeof(T));
-            weight_grad<T>(scratch, 0, g.S, gpad.data(), g.Yo, Xa, g.k, g.d, dw);
+        std::fill(dW.begin(), dW.end(), V{});
+        for (int64_t b0 = 0; b0 < g.B; b0 += n) {
+          const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+          gt.fill(0, gp + (b0 * g.P + p) * g.Yo * g.Xo, g.P * g.Yo * g.Xo, lanes, g.Yo, g.Xo, dpad, dpad);
+          if (need_x) {
+            for (int64_t s = 0; s < g.S; ++s) {
+              lane_correlate_any<T>(R, gt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Yo, g.Y, g.X,
+                                    buf.data());
+              scatter_lanes<T>(buf.data(), lanes, g.Y * g.X, gi[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X);
+            }
+          }
+          if (need_w) {
+            for (int64_t s = 0; s < g.S; ++s)
+              xt.fill(s, in[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X, lanes, g.Y, g.X, g.pad, g.pad);
+            lane_weight_grad_any<T>(xt, g.S, gt, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo, dW.data());
           }
         }
-      });
-    }
+        if (need_w) {
+          for (int64_t i = 0; i < g.S * kk; ++i) dwp[p * g.S * kk + i] = hsum<T>(dW[i], n);
+        }
+      }
+    });
   });
   return {grad_inputs, grad_w};
 }
@@ -898,48 +963,92 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
   return {grad_x, grad_w, grad_a};
 }
 
-// n integers from p as the lanes of an index vector (a plain loop: GCC vectorises it, unlike
-// __builtin_convertvector from bytes).
-template <typename I, int n, typename S>
-inline I widen(const S* p) {
-  I out;
-  for (int i = 0; i < n; ++i) out[i] = p[i];
-  return out;
-}
-
-// G[i] = gs[i] + [won[i] = c] gm[i] for i < N (gs null: zero; won: c8 or c32), vectorised.
-template <typename T>
-void channel_gradient(const T* gs, const T* gm, const uint8_t* c8, const int32_t* c32, int64_t c, int64_t N, T* G) {
+// ---------------------------------------------------------------------------------------------------------------
+// channel_stats_backward in batch-minor lane tiles (one sample per vector lane; stride 1). For one (l, block of n
+// samples) the inputs of every channel are zero-padded tiles [rows][cols][n]; for each filter q and channel c the
+// gradient reaching ft[q, c] at every position p is D = grad_sum + [c* = c] grad_max (a vector select), and one
+// pass over the positions accumulates both corr[t] = sum_p D[p] x_c[p + off_t] (per lane, in registers) and the
+// input gradient gx_c[p + off_t] += a bank[t] D[p] in the tile. The filter gradient sum_b a corr and the gradient
+// of a, sum_t bank corr, are formed here from the per-lane correlations.
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T, int KK>
+void lane_stats_plane(const T* x, T* gx, const T* gs, const T* gm, const typename Simd<T>::I* chan, int64_t c,
+                      const T* bank_t, typename Simd<T>::V av, const int64_t* off, int64_t kk_rt, int64_t Yo,
+                      int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* corr) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
-  using Index = typename Simd<T>::Index;
   constexpr int n = Simd<T>::n;
-  const I cv = I{} + static_cast<Index>(c);
-  int64_t i = 0;
-  for (; i + n <= N; i += n) {
-    const I won = c8 ? widen<I, n>(c8 + i) : widen<I, n>(c32 + i);
-    const I kept = loadu<I>(gm + i) & (won == cv);  // gm's bits where c won, else +0
-    V add;
-    std::memcpy(&add, &kept, sizeof(V));
-    storeu(G + i, gs ? loadu<V>(gs + i) + add : add);
-  }
-  for (; i < N; ++i) {
-    const int64_t won = c8 ? c8[i] : c32[i];
-    G[i] = (gs ? gs[i] : T(0)) + (won == c ? gm[i] : T(0));
+  constexpr int MAXK = KK > 0 ? KK : 1;
+  const int64_t kk = KK > 0 ? KK : kk_rt;
+  const I cv = I{} + static_cast<typename Simd<T>::Index>(c);
+  if constexpr (KK > 0) {
+    V acc[MAXK];
+    for (int t = 0; t < KK; ++t) acc[t] = V{};
+    for (int64_t y = 0; y < Yo; ++y) {
+      for (int64_t xo = 0; xo < Xo; ++xo) {
+        const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
+        V D = gs ? loadu<V>(gs + p * n) : V{};
+        if (gm) {
+          const I won = loadu<I>(chan + p) == cv;
+          D += won ? loadu<V>(gm + p * n) : V{};
+        }
+#pragma GCC unroll 49
+        for (int t = 0; t < KK; ++t) acc[t] += D * loadu<V>(x + at + off[t]);
+        if (need_x) {
+          const V aD = av * D;
+#pragma GCC unroll 49
+          for (int t = 0; t < KK; ++t) {
+            T* g = gx + at + off[t];
+            storeu(g, loadu<V>(g) + bank_t[t] * aD);
+          }
+        }
+      }
+    }
+    for (int t = 0; t < KK; ++t) corr[t] = acc[t];
+  } else {
+    for (int64_t t = 0; t < kk; ++t) corr[t] = V{};
+    for (int64_t y = 0; y < Yo; ++y) {
+      for (int64_t xo = 0; xo < Xo; ++xo) {
+        const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
+        V D = gs ? loadu<V>(gs + p * n) : V{};
+        if (gm) {
+          const I won = loadu<I>(chan + p) == cv;
+          D += won ? loadu<V>(gm + p * n) : V{};
+        }
+        const V aD = av * D;
+        for (int64_t t = 0; t < kk; ++t) {
+          corr[t] += D * loadu<V>(x + at + off[t]);
+          if (need_x) {
+            T* g = gx + at + off[t];
+            storeu(g, loadu<V>(g) + bank_t[t] * aD);
+          }
+        }
+      }
+    }
   }
 }
 
-// The backward of the channel statistics summed[b, l, q] = sum_c a[b, q, c, l] ft[b, q, c, l] and maximum[b, l, q]
-// = a[b, q, c*, l] ft[b, q, c*, l] (c* = channel[b, l, q]; a = 1 if undefined), for stride 1, all [B, L, Co, |H|,
-// Yo, Xo]. The gradient reaching ft[b, q, c, l, p] is a[b, q, c, l] G_c[b, l, q, p] with G_c = grad_sum + [c = c*]
-// grad_max (an undefined gradient is zero). Returns grad_x [B, Ci * L, Yi, Xi] (undefined unless need_x) and the
-// correlations corr[b, l, q, c, t] = sum_p G_c[b, l, q, p] xin[b, (c, l), p + off_t] ([B, L, Co, |H|, Ci, k, k],
-// undefined unless need_corr), from which the caller forms the filter gradient sum_b a corr and the gradient of a,
-// sum_t bank corr. grad_x is a correlation of the gradient planes with the flipped, a-weighted filters; without
-// grad_max all channels share the planes grad_sum, else each channel c has its own G_c.
-std::tuple<Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const Maybe& grad_max_, const Tensor& xin,
-                                                  const Tensor& bank, const Maybe& a_, const Maybe& channel_,
-                                                  int64_t padding, int64_t dilation, bool need_x, bool need_corr) {
+// Lane tile [P][n] <- src[j * lane_stride + p] for lanes j < lanes (zero beyond), converting to U.
+template <typename U, typename S, int n>
+void lanes_in(U* dst, const S* src, int64_t lane_stride, int lanes, int64_t P) {
+  for (int j = 0; j < n; ++j) {
+    const S* s = src + j * lane_stride;
+    if (j < lanes) {
+      for (int64_t p = 0; p < P; ++p) dst[p * n + j] = static_cast<U>(s[p]);
+    } else {
+      for (int64_t p = 0; p < P; ++p) dst[p * n + j] = U(0);
+    }
+  }
+}
+
+// The gradients of summed = sum_c a ft and maximum = max_c a ft (see channel_stats_backward), stride 1:
+// grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k] and grad_a [B, Co, |H|, Ci, L] (each undefined unless
+// asked for; grad_a also when a is undefined).
+std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const Maybe& grad_max_,
+                                                               const Tensor& xin, const Tensor& bank, const Maybe& a_,
+                                                               const Maybe& channel_, int64_t padding,
+                                                               int64_t dilation, bool need_x, bool need_w,
+                                                               bool need_a) {
   const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
   const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
   const auto gradient = [&](const Maybe& t) {
@@ -951,11 +1060,12 @@ std::tuple<Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const 
   };
   const Tensor grad_sum = gradient(grad_sum_), grad_max = gradient(grad_max_);
   TORCH_CHECK(grad_sum.defined() || grad_max.defined(), "channel_stats_backward: no gradient");
-  const Tensor a = a_.has_value() ? *a_ : Tensor();
+  const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
   if (a.defined()) {
     check(a, xin, "a");
     TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
   }
+  need_a = need_a && a.defined();
   Tensor channel;
   if (grad_max.defined()) {
     TORCH_CHECK(channel_.has_value() && channel_->defined(), "the gradient of the maximum needs its channel");
@@ -965,71 +1075,112 @@ std::tuple<Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const 
                 "channel must be uint8 or int32");
   }
   Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
-  Tensor corr = need_corr ? at::empty({g.B, g.L, bank.size(0), bank.size(1), g.Ci, g.k, g.k}, xin.options()) : Tensor();
+  Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
+  Tensor grad_a = need_a ? at::empty_like(a) : Tensor();
+  if (!need_x && !need_w && !need_a) return {grad_x, grad_w, grad_a};
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_stats_backward", [&] {
     using T = scalar_t;
+    using V = typename Simd<T>::V;
+    using I = typename Simd<T>::I;
+    using Index = typename Simd<T>::Index;
     constexpr int n = Simd<T>::n;
-    const T* gs = grad_sum.defined() ? grad_sum.data_ptr<T>() : nullptr;
-    const T* gm = grad_max.defined() ? grad_max.data_ptr<T>() : nullptr;
-    const uint8_t* c8 = gm && channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
-    const int32_t* c32 = gm && !c8 ? channel.data_ptr<int32_t>() : nullptr;
+    const T* gsp = grad_sum.defined() ? grad_sum.data_ptr<T>() : nullptr;
+    const T* gmp = grad_max.defined() ? grad_max.data_ptr<T>() : nullptr;
+    const uint8_t* c8 = gmp && channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
+    const int32_t* c32 = gmp && !c8 ? channel.data_ptr<int32_t>() : nullptr;
     const T* xp = xin.data_ptr<T>();
     const T* wp = bank.data_ptr<T>();
     const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
-    const bool shared = gm == nullptr;  // every channel sees the planes grad_sum
-    const int64_t Xa = round_up(g.Xo, n);
-    at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
-      PaddedPlanes<T> scratch, xs;
-      std::vector<T> outbuf, W(need_x ? g.Ci * g.Q * kk : 0), gpad(need_corr ? g.Yo * Xa : 0, T(0));
-      std::vector<T> G(shared ? 0 : g.Q * P);
-      std::vector<const T*> src(std::max(g.Ci, g.Q));
-      std::vector<T*> dst(g.Ci);
-      for (int64_t bl = begin; bl < end; ++bl) {
-        const int64_t b = bl / g.L, l = bl % g.L, row = bl * g.Q * P;
-        if (need_x) {  // W[c, q, t'] = a[b, q, c, l] bank[q, c, l, k * k - 1 - t']
+    T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
+    T* gap = need_a ? grad_a.data_ptr<T>() : nullptr;
+    const int64_t blocks = (g.B + n - 1) / n, QCL = g.Q * g.Ci * g.L;
+    const int64_t rows = g.Yo + g.d * (g.k - 1), cols = g.Xo + g.d * (g.k - 1);
+    std::vector<int64_t> off(kk);  // each tap's offset in a tile, in elements
+    for (int64_t t = 0; t < kk; ++t) off[t] = (g.d * (t / g.k) * cols + g.d * (t % g.k)) * n;
+    const int threads = at::get_num_threads();
+    std::vector<V> partial(need_w ? threads * QCL * kk : 0, V{});  // per-thread filter gradients, lane-wise
+    at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
+      V* dw = need_w ? partial.data() + at::get_thread_num() * QCL * kk : nullptr;
+      LaneTiles<T> xt, gxt;
+      xt.shape(g.Ci, rows, cols);
+      if (need_x) gxt.shape(g.Ci, rows, cols);
+      std::vector<T> gs(gsp ? P * n : 0), gm(gmp ? P * n : 0), av(g.Q * g.Ci * n, T(1));
+      std::vector<I> chan(gmp ? P : 0);
+      std::vector<V> corr(kk);
+      std::vector<T> bank_t(kk);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t l = item / blocks, b0 = (item % blocks) * n;
+        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+        for (int64_t c = 0; c < g.Ci; ++c)
+          xt.fill(c, xp + (b0 * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi, g.Ci * g.L * g.Yi * g.Xi, lanes, g.Yi, g.Xi,
+                  g.pad, g.pad);
+        if (need_x) std::fill(gxt.data.begin(), gxt.data.end(), T(0));
+        if (ap) {  // av[q, c] = a[b0 + j, q, c, l] over the lanes j
+          for (int64_t qc = 0; qc < g.Q * g.Ci; ++qc)
+            for (int j = 0; j < n; ++j) av[qc * n + j] = j < lanes ? ap[(b0 + j) * QCL + qc * g.L + l] : T(0);
+        }
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const int64_t src = (b0 * g.L + l) * g.Q * P + q * P, stride = g.L * g.Q * P;
+          if (gsp) lanes_in<T, T, n>(gs.data(), gsp + src, stride, lanes, P);
+          if (gmp) {
+            lanes_in<T, T, n>(gm.data(), gmp + src, stride, lanes, P);
+            Index* ch = reinterpret_cast<Index*>(chan.data());
+            if (c8) lanes_in<Index, uint8_t, n>(ch, c8 + src, stride, lanes, P);
+            else lanes_in<Index, int32_t, n>(ch, c32 + src, stride, lanes, P);
+          }
           for (int64_t c = 0; c < g.Ci; ++c) {
-            for (int64_t q = 0; q < g.Q; ++q) {
-              const T aq = ap ? ap[((b * g.Q + q) * g.Ci + c) * g.L + l] : T(1);
-              const T* w = wp + ((q * g.Ci + c) * g.L + l) * kk;
-              T* Wcq = W.data() + (c * g.Q + q) * kk;
-              for (int64_t t = 0; t < kk; ++t) Wcq[t] = aq * w[kk - 1 - t];
+            const T* w = wp + (q * g.Ci * g.L + c * g.L + l) * kk;
+            const V a_vec = loadu<V>(av.data() + (q * g.Ci + c) * n);
+            for (int64_t t = 0; t < kk; ++t) bank_t[t] = w[t];
+            const T* x = xt.tile(c);
+            T* gx = need_x ? gxt.tile(c) : nullptr;
+            const T* gsv = gsp ? gs.data() : nullptr;
+            const T* gmv = gmp ? gm.data() : nullptr;
+            const I* ch = gmp ? chan.data() : nullptr;
+            switch (kk) {
+              case 9: lane_stats_plane<T, 9>(x, gx, gsv, gmv, ch, c, bank_t.data(), a_vec, off.data(), kk, g.Yo, g.Xo, cols, need_x, corr.data()); break;
+              case 16: lane_stats_plane<T, 16>(x, gx, gsv, gmv, ch, c, bank_t.data(), a_vec, off.data(), kk, g.Yo, g.Xo, cols, need_x, corr.data()); break;
+              default: lane_stats_plane<T, 0>(x, gx, gsv, gmv, ch, c, bank_t.data(), a_vec, off.data(), kk, g.Yo, g.Xo, cols, need_x, corr.data()); break;
             }
-            dst[c] = grad_x.data_ptr<T>() + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
-          }
-        }
-        T* cp = need_corr ? corr.data_ptr<T>() + bl * g.Q * g.Ci * kk : nullptr;
-        if (need_corr) {
-          for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
-          xs.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.Yo + g.d * (g.k - 1), Xa + g.d * (g.k - 1));
-          std::fill(cp, cp + g.Q * g.Ci * kk, T(0));
-        }
-        const auto correlate_planes = [&](const T* planes, int64_t c0, int64_t nc) {
-          // grad_x of channels c0 ... c0 + nc - 1 and their correlations, from the Q planes [Q, P] they share
-          if (need_x) {
-            for (int64_t q = 0; q < g.Q; ++q) src[q] = planes + q * P;
-            correlate_plane<T>(src.data(), g.Q, g.Yo, g.Xo, W.data() + c0 * g.Q * kk, nc, g.k, g.d,
-                               g.d * (g.k - 1) - g.pad, dst.data() + c0, g.Yi, g.Xi, scratch, outbuf, c0 > 0);
-          }
-          if (need_corr) {
-            for (int64_t q = 0; q < g.Q; ++q) {
-              for (int64_t y = 0; y < g.Yo; ++y) std::memcpy(&gpad[y * Xa], planes + q * P + y * g.Xo, g.Xo * sizeof(T));
-              weight_grad<T>(xs, c0, nc, gpad.data(), g.Yo, Xa, g.k, g.d, cp + (q * g.Ci + c0) * kk);
+            const int64_t qcl = (q * g.Ci + c) * g.L + l;
+            if (need_w) {
+              V* d = dw + qcl * kk;
+              for (int64_t t = 0; t < kk; ++t) d[t] += ap ? a_vec * corr[t] : corr[t];
+            }
+            if (need_a) {
+              V s = V{};
+              for (int64_t t = 0; t < kk; ++t) s += bank_t[t] * corr[t];
+              for (int j = 0; j < lanes; ++j) gap[(b0 + j) * QCL + qcl] = s[j];
             }
           }
-        };
-        if (shared) {
-          correlate_planes(gs + row, 0, g.Ci);
-          continue;
         }
-        for (int64_t c = 0; c < g.Ci; ++c) {  // G_c = grad_sum + [c = c*] grad_max
-          channel_gradient<T>(gs ? gs + row : nullptr, gm + row, c8 ? c8 + row : nullptr, c32 ? c32 + row : nullptr, c,
-                              g.Q * P, G.data());
-          correlate_planes(G.data(), c, 1);
+        if (need_x) {  // the tiles' input region -> grad_x
+          for (int64_t c = 0; c < g.Ci; ++c) {
+            const T* tile = gxt.tile(c);
+            for (int j = 0; j < lanes; ++j) {
+              T* out = gxp + ((b0 + j) * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi;
+              for (int64_t y = 0; y < g.Yi; ++y) {
+                const int64_t r = y + g.pad;
+                for (int64_t x = 0; x < g.Xi; ++x) {
+                  const int64_t q = x + g.pad;
+                  out[y * g.Xi + x] = (r < rows && q < cols) ? tile[(r * cols + q) * n + j] : T(0);
+                }
+              }
+            }
+          }
         }
       }
     });
+    if (need_w) {
+      T* gw = grad_w.data_ptr<T>();
+      for (int64_t i = 0; i < QCL * kk; ++i) {
+        V s = V{};
+        for (int t = 0; t < threads; ++t) s += partial[t * QCL * kk + i];
+        gw[i] = hsum<T>(s, n);
+      }
+    }
   });
-  return {grad_x, corr};
+  return {grad_x, grad_w, grad_a};
 }
 
 // The spatial attention's weighting: out[b, m] = sum_l a[b, l, m] summed[b, l, m] with a = sigmoid(logits), and its

@@ -305,17 +305,10 @@ class NativeChannelStats(torch.autograd.Function):
         if grad_sum is None and grad_max is None:
             return (None,) * 7
         geo = ctx.geo
-        grad_x, corr = native_kernels(xin).channel_stats_backward(
-            grad_sum, grad_max, *_contiguous(xin, bank, a), channel, geo.padding, geo.dilation, need_x, need_w or need_a
-        )  # corr [B, n_in, Co', |H|, Ci, k, k]: each channel's gradient planes correlated with its input windows
-        grad_w = grad_a = None
-        if need_w:
-            grad_w = (
-                corr.sum(0).permute(1, 2, 3, 0, 4, 5) if a is None else torch.einsum("bojcl,blojcyx->ojclyx", a, corr)
-            )
-        if need_a:
-            grad_a = torch.einsum("ojclyx,blojcyx->bojcl", bank, corr)
-        return grad_x, grad_w, grad_a, None, None, None, None
+        grad_x, grad_w, grad_a = native_kernels(xin).channel_stats_backward(
+            grad_sum, grad_max, *_contiguous(xin, bank, a), channel, geo.padding, geo.dilation, need_x, need_w, need_a
+        )
+        return (grad_x if need_x else None), (grad_w if need_w else None), (grad_a if need_a else None), *[None] * 4
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
