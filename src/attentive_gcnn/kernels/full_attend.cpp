@@ -24,9 +24,13 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
+#ifndef STRIP_KB
+#define STRIP_KB 24
+#endif
 
 using at::Tensor;
 using Maybe = std::optional<Tensor>;
@@ -135,6 +139,81 @@ PlaneGeometry planewise_geometry(const std::vector<Tensor>& inputs, const Tensor
 
 
 // ---------------------------------------------------------------------------------------------------------------
+// Lane transposes: n planes (one per sample) <-> one lane tile [count][n] (position-major, sample-minor). Blocks
+// of n positions are transposed in registers, in log2(n) stages of two-input shuffles.
+// ---------------------------------------------------------------------------------------------------------------
+// Stage with block size h of the transpose: lo (hi) interleaves the even (odd) h-blocks of a and b.
+constexpr int shuffle_index(int n, int h, bool hi, int m) {
+  const int k = m / h, within = m % h;
+  return ((k & ~1) + (hi ? 1 : 0)) * h + within + ((k & 1) ? n : 0);
+}
+
+template <typename V, int n, int h, bool hi, size_t... m>
+inline V interleave(const V& a, const V& b, std::index_sequence<m...>) {
+  return __builtin_shufflevector(a, b, shuffle_index(n, h, hi, static_cast<int>(m))...);
+}
+
+// Transposes the n x n matrix whose rows are r[0 .. n - 1], in place.
+template <typename V, int n, int h = n / 2>
+inline void transpose_rows(V* r) {
+  if constexpr (h >= 1) {
+    for (int i = 0; i < n; ++i) {
+      if (i & h) continue;
+      const V lo = interleave<V, n, h, false>(r[i], r[i + h], std::make_index_sequence<n>{});
+      const V hi = interleave<V, n, h, true>(r[i], r[i + h], std::make_index_sequence<n>{});
+      r[i] = lo;
+      r[i + h] = hi;
+    }
+    transpose_rows<V, n, h / 2>(r);
+  }
+}
+
+// dst[p * n + j] = src[j * lane_stride + p] for p < count, j < lanes; zero in the lanes j >= lanes.
+template <typename T>
+void to_lanes(T* dst, const T* src, int64_t lane_stride, int lanes, int64_t count) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  int64_t p0 = 0;
+  for (; p0 + n <= count; p0 += n) {
+    V r[n];
+    for (int j = 0; j < n; ++j) r[j] = j < lanes ? loadu<V>(src + j * lane_stride + p0) : V{};
+    transpose_rows<V, n>(r);
+    for (int i = 0; i < n; ++i) storeu(dst + (p0 + i) * n, r[i]);
+  }
+  for (int64_t p = p0; p < count; ++p)
+    for (int j = 0; j < n; ++j) dst[p * n + j] = j < lanes ? src[j * lane_stride + p] : T(0);
+}
+
+// dst[j * lane_stride + p] = src[p * n + j] for p < count, j < lanes: the inverse of to_lanes.
+template <typename T>
+void from_lanes(T* dst, const T* src, int lanes, int64_t count, int64_t lane_stride) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  int64_t p0 = 0;
+  for (; p0 + n <= count; p0 += n) {
+    V r[n];
+    for (int i = 0; i < n; ++i) r[i] = loadu<V>(src + (p0 + i) * n);
+    transpose_rows<V, n>(r);
+    for (int j = 0; j < lanes; ++j) storeu(dst + j * lane_stride + p0, r[j]);
+  }
+  for (int j = 0; j < lanes; ++j)
+    for (int64_t p = p0; p < count; ++p) dst[j * lane_stride + p] = src[p * n + j];
+}
+
+// Lane tile [count][n] <- src[j * lane_stride + p] for lanes j < lanes (zero beyond), converting to U.
+template <typename U, typename S, int n>
+void lanes_in(U* dst, const S* src, int64_t lane_stride, int lanes, int64_t count) {
+  for (int j = 0; j < n; ++j) {
+    const S* s = src + j * lane_stride;
+    if (j < lanes) {
+      for (int64_t p = 0; p < count; ++p) dst[p * n + j] = static_cast<U>(s[p]);
+    } else {
+      for (int64_t p = 0; p < count; ++p) dst[p * n + j] = U(0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The planewise conv in batch-minor tiles: the planes of one p for n samples (one vector lane per sample) are
 // copied into zero-padded tiles [rows][cols][n], so that every lane does useful work whatever the map size (the
 // maps of the deeper layers are narrower than a vector), rows that lie in the padding are skipped, and the inner
@@ -162,18 +241,16 @@ struct LaneTiles {
   // other lanes). The borders keep the zeros of shape().
   void fill(int64_t i, const T* src, int64_t lane_stride, int lanes, int64_t Y, int64_t X, int64_t top, int64_t left) {
     T* t = tile(i);
-    for (int j = 0; j < n; ++j) {
-      const T* s = src + j * lane_stride;
-      for (int64_t y = 0; y < Y; ++y) {
-        T* row = t + ((y + top) * cols + left) * n + j;
-        if (j < lanes) {
-          for (int64_t x = 0; x < X; ++x) row[x * n] = s[y * X + x];
-        } else {
-          for (int64_t x = 0; x < X; ++x) row[x * n] = T(0);
-        }
-      }
+    if (left == 0 && X == cols) {  // whole rows: straight into the tile
+      to_lanes<T>(t + top * cols * n, src, lane_stride, lanes, Y * X);
+      return;
     }
+    staging.resize(static_cast<size_t>(Y * X * n));
+    to_lanes<T>(staging.data(), src, lane_stride, lanes, Y * X);
+    for (int64_t y = 0; y < Y; ++y)
+      std::memcpy(t + ((y + top) * cols + left) * n, staging.data() + y * X * n, X * n * sizeof(T));
   }
+  std::vector<T> staging;
 };
 
 // out[y][x][:] = sum_{i < SI} sum_{ty, tx} W[i, ty, tx] in_i[y + d ty][x + d tx][:] for y < Yo, x < Xo, over
@@ -317,16 +394,6 @@ void lane_weight_grad_any(const LaneTiles<T>& in, int64_t SI, const LaneTiles<T>
   }
 }
 
-// Lane j of out [Yo][Xo][n] -> dst + j * lane_stride ([Yo * Xo]) for j < lanes.
-template <typename T>
-void scatter_lanes(const T* out, int lanes, int64_t count, T* dst, int64_t lane_stride) {
-  constexpr int n = Simd<T>::n;
-  for (int j = 0; j < lanes; ++j) {
-    T* d = dst + j * lane_stride;
-    for (int64_t i = 0; i < count; ++i) d[i] = out[i * n + j];
-  }
-}
-
 Tensor planewise_forward(const std::vector<Tensor>& inputs, const Tensor& w, int64_t dilation) {
   const PlaneGeometry g = planewise_geometry(inputs, w, dilation);
   Tensor out = at::empty({g.B, g.P, g.Yo, g.Xo}, inputs[0].options());
@@ -351,7 +418,7 @@ Tensor planewise_forward(const std::vector<Tensor>& inputs, const Tensor& w, int
           tiles.fill(s, in[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X, lanes, g.Y, g.X, g.pad, g.pad);
         lane_correlate_any<T>(R, tiles, 0, g.S, wp + p * g.S * kk, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo,
                               buf.data());
-        scatter_lanes<T>(buf.data(), lanes, g.Yo * g.Xo, op + (b0 * g.P + p) * g.Yo * g.Xo, g.P * g.Yo * g.Xo);
+        from_lanes<T>(op + (b0 * g.P + p) * g.Yo * g.Xo, buf.data(), lanes, g.Yo * g.Xo, g.P * g.Yo * g.Xo);
       }
     });
   });
@@ -407,7 +474,7 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
             for (int64_t s = 0; s < g.S; ++s) {
               lane_correlate_any<T>(R, gt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Yo, g.Y, g.X,
                                     buf.data());
-              scatter_lanes<T>(buf.data(), lanes, g.Y * g.X, gi[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X);
+              from_lanes<T>(gi[s] + (b0 * g.P + p) * g.Y * g.X, buf.data(), lanes, g.Y * g.X, g.P * g.Y * g.X);
             }
           }
           if (need_w) {
@@ -971,56 +1038,82 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
 // input gradient gx_c[p + off_t] += a bank[t] D[p] in the tile. The filter gradient sum_b a corr and the gradient
 // of a, sum_t bank corr, are formed here from the per-lane correlations.
 // ---------------------------------------------------------------------------------------------------------------
-template <typename T, int KK>
-void lane_stats_plane(const T* x, T* gx, const T* gs, const T* gm, const typename Simd<T>::I* chan, int64_t c,
-                      const T* bank_t, typename Simd<T>::V av, const int64_t* off, int64_t kk_rt, int64_t Yo,
-                      int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* corr) {
+// One channel c and QB filters q over output rows [y0, y1): with D_q = grad_sum_q + [c* = c] grad_max_q (vector
+// selects), corr[q][t] += D_q[p] x_c[p + off_t] and, if need_x, gx_c[p + off_t] += bank_q[t] a_q D_q[p], for every
+// position p. x, gx: lane tiles of channel c; gs, gm, chan: lane tiles [Yo * Xo][n] of each filter (gs or gm null
+// where that gradient is absent). KK: the number of taps at compile time (0: kk at run time).
+template <typename T, int KK, int QB>
+void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
+                     const typename Simd<T>::I* const* chan, int64_t c, const T* const* bank,
+                     const typename Simd<T>::V* av, const int64_t* off, int64_t kk_rt, int64_t y0, int64_t y1,
+                     int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   constexpr int n = Simd<T>::n;
-  constexpr int MAXK = KK > 0 ? KK : 1;
-  const int64_t kk = KK > 0 ? KK : kk_rt;
   const I cv = I{} + static_cast<typename Simd<T>::Index>(c);
+  const auto gradient = [&](int qb, int64_t p) {
+    V D = gs[qb] ? loadu<V>(gs[qb] + p * n) : V{};
+    if (gm[qb]) D += loadu<I>(chan[qb] + p) == cv ? loadu<V>(gm[qb] + p * n) : V{};
+    return D;
+  };
   if constexpr (KK > 0) {
-    V acc[MAXK];
-    for (int t = 0; t < KK; ++t) acc[t] = V{};
-    for (int64_t y = 0; y < Yo; ++y) {
+    // local copies: the stores to gx may not alias them, so they stay in registers
+    V acc[QB][KK], a[QB];
+    T w[QB][KK];
+    const T* gsq[QB];
+    const T* gmq[QB];
+    const typename Simd<T>::I* chq[QB];
+    for (int qb = 0; qb < QB; ++qb) {
+      for (int t = 0; t < KK; ++t) {
+        acc[qb][t] = corr[qb][t];
+        w[qb][t] = bank[qb][t];
+      }
+      a[qb] = av[qb];
+      gsq[qb] = gs[qb];
+      gmq[qb] = gm[qb];
+      chq[qb] = chan[qb];
+    }
+    int64_t o[KK];
+    for (int t = 0; t < KK; ++t) o[t] = off[t];
+    for (int64_t y = y0; y < y1; ++y) {
       for (int64_t xo = 0; xo < Xo; ++xo) {
         const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
-        V D = gs ? loadu<V>(gs + p * n) : V{};
-        if (gm) {
-          const I won = loadu<I>(chan + p) == cv;
-          D += won ? loadu<V>(gm + p * n) : V{};
+        V D[QB], aD[QB];
+        for (int qb = 0; qb < QB; ++qb) {
+          D[qb] = gsq[qb] ? loadu<V>(gsq[qb] + p * n) : V{};
+          if (gmq[qb]) D[qb] += loadu<I>(chq[qb] + p) == cv ? loadu<V>(gmq[qb] + p * n) : V{};
+          aD[qb] = a[qb] * D[qb];
         }
-#pragma GCC unroll 49
-        for (int t = 0; t < KK; ++t) acc[t] += D * loadu<V>(x + at + off[t]);
+#pragma GCC unroll 16
+        for (int t = 0; t < KK; ++t) {
+          const V xv = loadu<V>(x + at + o[t]);
+          for (int qb = 0; qb < QB; ++qb) acc[qb][t] += D[qb] * xv;
+        }
         if (need_x) {
-          const V aD = av * D;
-#pragma GCC unroll 49
+#pragma GCC unroll 16
           for (int t = 0; t < KK; ++t) {
-            T* g = gx + at + off[t];
-            storeu(g, loadu<V>(g) + bank_t[t] * aD);
+            T* gp = gx + at + o[t];
+            V gv = loadu<V>(gp);
+            for (int qb = 0; qb < QB; ++qb) gv += w[qb][t] * aD[qb];
+            storeu(gp, gv);
           }
         }
       }
     }
-    for (int t = 0; t < KK; ++t) corr[t] = acc[t];
+    for (int qb = 0; qb < QB; ++qb)
+      for (int t = 0; t < KK; ++t) corr[qb][t] = acc[qb][t];
   } else {
-    for (int64_t t = 0; t < kk; ++t) corr[t] = V{};
-    for (int64_t y = 0; y < Yo; ++y) {
+    for (int64_t y = y0; y < y1; ++y) {
       for (int64_t xo = 0; xo < Xo; ++xo) {
         const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
-        V D = gs ? loadu<V>(gs + p * n) : V{};
-        if (gm) {
-          const I won = loadu<I>(chan + p) == cv;
-          D += won ? loadu<V>(gm + p * n) : V{};
-        }
-        const V aD = av * D;
-        for (int64_t t = 0; t < kk; ++t) {
-          corr[t] += D * loadu<V>(x + at + off[t]);
-          if (need_x) {
-            T* g = gx + at + off[t];
-            storeu(g, loadu<V>(g) + bank_t[t] * aD);
+        for (int qb = 0; qb < QB; ++qb) {
+          const V D = gradient(qb, p), aD = av[qb] * D;
+          for (int64_t t = 0; t < kk_rt; ++t) {
+            corr[qb][t] += D * loadu<V>(x + at + off[t]);
+            if (need_x) {
+              T* gp = gx + at + off[t];
+              storeu(gp, loadu<V>(gp) + bank[qb][t] * aD);
+            }
           }
         }
       }
@@ -1028,16 +1121,15 @@ void lane_stats_plane(const T* x, T* gx, const T* gs, const T* gm, const typenam
   }
 }
 
-// Lane tile [P][n] <- src[j * lane_stride + p] for lanes j < lanes (zero beyond), converting to U.
-template <typename U, typename S, int n>
-void lanes_in(U* dst, const S* src, int64_t lane_stride, int lanes, int64_t P) {
-  for (int j = 0; j < n; ++j) {
-    const S* s = src + j * lane_stride;
-    if (j < lanes) {
-      for (int64_t p = 0; p < P; ++p) dst[p * n + j] = static_cast<U>(s[p]);
-    } else {
-      for (int64_t p = 0; p < P; ++p) dst[p * n + j] = U(0);
-    }
+template <typename T, int KK>
+void lane_stats_rows_q(int qb, const T* x, T* gx, const T* const* gs, const T* const* gm,
+                       const typename Simd<T>::I* const* chan, int64_t c, const T* const* bank,
+                       const typename Simd<T>::V* av, const int64_t* off, int64_t kk, int64_t y0, int64_t y1,
+                       int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr) {
+  if (qb == 2) {
+    lane_stats_rows<T, KK, 2>(x, gx, gs, gm, chan, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr);
+  } else {
+    lane_stats_rows<T, KK, 1>(x, gx, gs, gm, chan, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr);
   }
 }
 
@@ -1104,10 +1196,14 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
       LaneTiles<T> xt, gxt;
       xt.shape(g.Ci, rows, cols);
       if (need_x) gxt.shape(g.Ci, rows, cols);
-      std::vector<T> gs(gsp ? P * n : 0), gm(gmp ? P * n : 0), av(g.Q * g.Ci * n, T(1));
-      std::vector<I> chan(gmp ? P : 0);
-      std::vector<V> corr(kk);
-      std::vector<T> bank_t(kk);
+      std::vector<T> gs(gsp ? g.Q * P * n : 0), gm(gmp ? g.Q * P * n : 0), av(g.Q * g.Ci * n, T(1));
+      std::vector<I> chan(gmp ? g.Q * P : 0);
+      std::vector<V> corr(g.Q * g.Ci * kk);
+      // output rows per strip: the strip's rows of one channel's input and gradient tiles and of two filters'
+      // gradient tiles stay in the L1 cache while the filters and channels go by
+      const int64_t row_bytes = cols * n * sizeof(T), strip_budget = STRIP_KB * 1024;
+      const int64_t strip = std::max<int64_t>(
+          1, (strip_budget - 2 * g.d * (g.k - 1) * row_bytes) / (2 * row_bytes + 6 * g.Xo * n * (int64_t)sizeof(T)));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t l = item / blocks, b0 = (item % blocks) * n;
         const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
@@ -1119,37 +1215,60 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
           for (int64_t qc = 0; qc < g.Q * g.Ci; ++qc)
             for (int j = 0; j < n; ++j) av[qc * n + j] = j < lanes ? ap[(b0 + j) * QCL + qc * g.L + l] : T(0);
         }
-        for (int64_t q = 0; q < g.Q; ++q) {
+        for (int64_t q = 0; q < g.Q; ++q) {  // every filter's gradient planes as lane tiles
           const int64_t src = (b0 * g.L + l) * g.Q * P + q * P, stride = g.L * g.Q * P;
-          if (gsp) lanes_in<T, T, n>(gs.data(), gsp + src, stride, lanes, P);
+          if (gsp) to_lanes<T>(gs.data() + q * P * n, gsp + src, stride, lanes, P);
           if (gmp) {
-            lanes_in<T, T, n>(gm.data(), gmp + src, stride, lanes, P);
-            Index* ch = reinterpret_cast<Index*>(chan.data());
+            to_lanes<T>(gm.data() + q * P * n, gmp + src, stride, lanes, P);
+            Index* ch = reinterpret_cast<Index*>(chan.data() + q * P);
             if (c8) lanes_in<Index, uint8_t, n>(ch, c8 + src, stride, lanes, P);
             else lanes_in<Index, int32_t, n>(ch, c32 + src, stride, lanes, P);
           }
+        }
+        std::fill(corr.begin(), corr.end(), V{});
+        for (int64_t y0 = 0; y0 < g.Yo; y0 += strip) {
+          const int64_t y1 = std::min(g.Yo, y0 + strip);
           for (int64_t c = 0; c < g.Ci; ++c) {
-            const T* w = wp + (q * g.Ci * g.L + c * g.L + l) * kk;
-            const V a_vec = loadu<V>(av.data() + (q * g.Ci + c) * n);
-            for (int64_t t = 0; t < kk; ++t) bank_t[t] = w[t];
             const T* x = xt.tile(c);
             T* gx = need_x ? gxt.tile(c) : nullptr;
-            const T* gsv = gsp ? gs.data() : nullptr;
-            const T* gmv = gmp ? gm.data() : nullptr;
-            const I* ch = gmp ? chan.data() : nullptr;
-            switch (kk) {
-              case 9: lane_stats_plane<T, 9>(x, gx, gsv, gmv, ch, c, bank_t.data(), a_vec, off.data(), kk, g.Yo, g.Xo, cols, need_x, corr.data()); break;
-              case 16: lane_stats_plane<T, 16>(x, gx, gsv, gmv, ch, c, bank_t.data(), a_vec, off.data(), kk, g.Yo, g.Xo, cols, need_x, corr.data()); break;
-              default: lane_stats_plane<T, 0>(x, gx, gsv, gmv, ch, c, bank_t.data(), a_vec, off.data(), kk, g.Yo, g.Xo, cols, need_x, corr.data()); break;
+            for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
+              qb = std::min<int64_t>(kk <= 9 ? 2 : 1, g.Q - q0);
+              const T* gsq[2];
+              const T* gmq[2];
+              const I* chq[2];
+              const T* bq[2];
+              V aq[2];
+              V* cq[2];
+              for (int i = 0; i < qb; ++i) {
+                const int64_t q = q0 + i;
+                gsq[i] = gsp ? gs.data() + q * P * n : nullptr;
+                gmq[i] = gmp ? gm.data() + q * P * n : nullptr;
+                chq[i] = gmp ? chan.data() + q * P : nullptr;
+                bq[i] = wp + (q * g.Ci * g.L + c * g.L + l) * kk;
+                aq[i] = loadu<V>(av.data() + (q * g.Ci + c) * n);
+                cq[i] = corr.data() + (q * g.Ci + c) * kk;
+              }
+              switch (kk) {
+                case 9: lane_stats_rows_q<T, 9>(qb, x, gx, gsq, gmq, chq, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq); break;
+                case 16: lane_stats_rows_q<T, 16>(qb, x, gx, gsq, gmq, chq, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq); break;
+                default: lane_stats_rows_q<T, 0>(qb, x, gx, gsq, gmq, chq, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq); break;
+              }
             }
+          }
+        }
+        for (int64_t q = 0; q < g.Q; ++q) {
+          for (int64_t c = 0; c < g.Ci; ++c) {
             const int64_t qcl = (q * g.Ci + c) * g.L + l;
+            const V* cr = corr.data() + (q * g.Ci + c) * kk;
+            const V a_vec = loadu<V>(av.data() + (q * g.Ci + c) * n);
             if (need_w) {
               V* d = dw + qcl * kk;
-              for (int64_t t = 0; t < kk; ++t) d[t] += ap ? a_vec * corr[t] : corr[t];
+              for (int64_t t = 0; t < kk; ++t) d[t] += ap ? a_vec * cr[t] : cr[t];
             }
             if (need_a) {
+              const T* w = wp + qcl * kk;
               V s = V{};
-              for (int64_t t = 0; t < kk; ++t) s += bank_t[t] * corr[t];
+              for (int64_t t = 0; t < kk; ++t) s += w[t] * cr[t];
               for (int j = 0; j < lanes; ++j) gap[(b0 + j) * QCL + qcl] = s[j];
             }
           }
