@@ -238,17 +238,18 @@ struct LaneTiles {
   const T* tile(int64_t i) const { return data.data() + i * size(); }
 
   // Tile i, element (top + y, left + x), lane j <- src[j * lane_stride + y * X + x] for j < lanes (zero for the
-  // other lanes). The borders keep the zeros of shape().
+  // other lanes), for the rows and columns that fall inside the tile. The borders keep the zeros of shape().
   void fill(int64_t i, const T* src, int64_t lane_stride, int lanes, int64_t Y, int64_t X, int64_t top, int64_t left) {
     T* t = tile(i);
-    if (left == 0 && X == cols) {  // whole rows: straight into the tile
+    const int64_t Yc = std::min(Y, rows - top), Xc = std::min(X, cols - left);
+    if (left == 0 && X == cols && Yc == Y) {  // whole rows: straight into the tile
       to_lanes<T>(t + top * cols * n, src, lane_stride, lanes, Y * X);
       return;
     }
     staging.resize(static_cast<size_t>(Y * X * n));
     to_lanes<T>(staging.data(), src, lane_stride, lanes, Y * X);
-    for (int64_t y = 0; y < Y; ++y)
-      std::memcpy(t + ((y + top) * cols + left) * n, staging.data() + y * X * n, X * n * sizeof(T));
+    for (int64_t y = 0; y < Yc; ++y)
+      std::memcpy(t + ((y + top) * cols + left) * n, staging.data() + y * X * n, Xc * n * sizeof(T));
   }
   std::vector<T> staging;
 };
@@ -528,121 +529,188 @@ ConvGeometry conv_geometry(const Tensor& xin, const Tensor& bank, int64_t stride
   return g;
 }
 
-// bank [Q, Ci, L, k, k] -> [Ci, L, k * k, Qp], zero in q >= Q.
-template <typename T>
-std::vector<T> bank_by_tap(const T* bank, const ConvGeometry& g, int64_t Qp) {
-  const int64_t kk = g.k * g.k;
-  std::vector<T> out(static_cast<size_t>(g.Ci * g.L * kk * Qp), T(0));
-  for (int64_t q = 0; q < g.Q; ++q)
-    for (int64_t cl = 0; cl < g.Ci * g.L; ++cl)
-      for (int64_t t = 0; t < kk; ++t) out[(cl * kk + t) * Qp + q] = bank[(q * g.Ci * g.L + cl) * kk + t];
-  return out;
-}
-
-// The responses of VB vectors of filters (w [k * k, Qp] from vector q0) at output (y, x) of one padded plane.
-template <typename T, int VB>
-inline void responses(const T* plane, int64_t cols, const T* w, int64_t Qp, const ConvGeometry& g, int64_t y,
-                      int64_t x, typename Simd<T>::V* r) {
-  using V = typename Simd<T>::V;
-  constexpr int n = Simd<T>::n;
-  for (int v = 0; v < VB; ++v) r[v] = V{};
-  const T* base = plane + y * g.stride * cols + x * g.stride;
-  for (int64_t ty = 0; ty < g.k; ++ty) {
-    for (int64_t tx = 0; tx < g.k; ++tx) {
-      const V xv = splat<V>(base[g.d * (ty * cols + tx)]);
-      const T* wt = w + (ty * g.k + tx) * Qp;
-      for (int v = 0; v < VB; ++v) r[v] += xv * loadu<V>(wt + v * n);
-    }
-  }
-}
-
 // Lane-wise "x replaces the running maximum m": x > m, or x is NaN; a NaN maximum stays (torch.max's rule).
 template <typename V>
 inline auto replaces(const V& x, const V& m) {
   return ~(x <= m) & (m == m);
 }
 
-// max and first arg-max over output positions of ft for one (b, c, l) plane and VB filter vectors from q0.
-template <typename T, int VB>
-void spatial_argmax_block(const T* plane, int64_t cols, const T* w, int64_t Qp, const ConvGeometry& g, T* best,
-                          int32_t* arg) {
+// ---------------------------------------------------------------------------------------------------------------
+// The arg-max passes in batch-minor lane tiles: for one (l, block of n samples) the input planes of every channel
+// are zero-padded lane tiles, and each response f[q, c](p) = sum_t bank[q, c, l, t] x_c[p s + off_t] is a sum of
+// k^2 scalar-times-vector products over the samples; QB filters share each loaded input vector.
+// ---------------------------------------------------------------------------------------------------------------
+// The lane tiles of the Ci input planes of (l, samples b0 ... b0 + lanes - 1), zero-padded by g.pad.
+template <typename T>
+void fill_input_tiles(LaneTiles<T>& xt, const T* xp, const ConvGeometry& g, int64_t l, int64_t b0, int lanes) {
+  xt.shape(g.Ci, g.rows, g.cols);
+  for (int64_t c = 0; c < g.Ci; ++c)
+    xt.fill(c, xp + (b0 * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi, g.Ci * g.L * g.Yi * g.Xi, lanes, g.Yi, g.Xi,
+            g.pad, g.pad);
+}
+
+// Each tap's offset in a lane tile of the geometry's columns, in elements.
+std::vector<int64_t> tap_offsets(const ConvGeometry& g, int n) {
+  std::vector<int64_t> off(g.k * g.k);
+  for (int64_t t = 0; t < g.k * g.k; ++t) off[t] = (g.d * (t / g.k) * g.cols + g.d * (t % g.k)) * n;
+  return off;
+}
+
+// f[qb] = sum_t w[qb][t] x[o_t] for QB filters (KK taps at compile time, or kk at run time if KK = 0).
+template <typename T, int KK, int QB>
+inline void lane_responses(const T* x, const int64_t* o, const T* const* w, int64_t kk,
+                           typename Simd<T>::V* f) {
+  using V = typename Simd<T>::V;
+  for (int qb = 0; qb < QB; ++qb) f[qb] = V{};
+  if constexpr (KK > 0) {
+#pragma GCC unroll 16
+    for (int t = 0; t < KK; ++t) {
+      const V xv = loadu<V>(x + o[t]);
+      for (int qb = 0; qb < QB; ++qb) f[qb] += w[qb][t] * xv;
+    }
+  } else {
+    for (int64_t t = 0; t < kk; ++t) {
+      const V xv = loadu<V>(x + o[t]);
+      for (int qb = 0; qb < QB; ++qb) f[qb] += w[qb][t] * xv;
+    }
+  }
+}
+
+// Channel c: spatial max and first arg-max of f[q0 + qb, c] over all output positions, for QB filters.
+template <typename T, int KK, int QB>
+void lane_spatial_argmax(const T* x, const int64_t* off, const T* const* w, const ConvGeometry& g,
+                         typename Simd<T>::V* best, typename Simd<T>::I* arg) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
+  using Index = typename Simd<T>::Index;
   constexpr int n = Simd<T>::n;
-  V m[VB], r[VB];
-  I at[VB];
-  responses<T, VB>(plane, cols, w, Qp, g, 0, 0, m);
-  for (int v = 0; v < VB; ++v) at[v] = I{};
+  int64_t o[KK > 0 ? KK : 1];
+  const int64_t* op = off;
+  if constexpr (KK > 0) {
+    for (int t = 0; t < KK; ++t) o[t] = off[t];
+    op = o;
+  }
+  V m[QB], f[QB];
+  I at[QB];
+  for (int qb = 0; qb < QB; ++qb) at[qb] = I{};
+  lane_responses<T, KK, QB>(x, op, w, g.k * g.k, m);
   for (int64_t y = 0; y < g.Yo; ++y) {
-    for (int64_t x = (y == 0 ? 1 : 0); x < g.Xo; ++x) {
-      responses<T, VB>(plane, cols, w, Qp, g, y, x, r);
-      const I here = I{} + static_cast<typename Simd<T>::Index>(y * g.Xo + x);
-      for (int v = 0; v < VB; ++v) {
-        const auto up = replaces(r[v], m[v]);
-        m[v] = up ? r[v] : m[v];
-        at[v] = up ? here : at[v];
+    for (int64_t xo = (y == 0 ? 1 : 0); xo < g.Xo; ++xo) {
+      lane_responses<T, KK, QB>(x + (y * g.stride * g.cols + xo * g.stride) * n, op, w, g.k * g.k, f);
+      const I here = I{} + static_cast<Index>(y * g.Xo + xo);
+      for (int qb = 0; qb < QB; ++qb) {
+        const auto up = replaces(f[qb], m[qb]);
+        m[qb] = up ? f[qb] : m[qb];
+        at[qb] = up ? here : at[qb];
       }
     }
   }
-  for (int v = 0; v < VB; ++v) {
-    for (int i = 0; i < n; ++i) {
-      best[v * n + i] = m[v][i];
-      arg[v * n + i] = static_cast<int32_t>(at[v][i]);
+  for (int qb = 0; qb < QB; ++qb) {
+    best[qb] = m[qb];
+    arg[qb] = at[qb];
+  }
+}
+
+// Filters q0 ... q0 + QB - 1 at output position p (offset at in the tiles): over the channels, the first arg-max
+// c* of g = a f, max_c g and sum_c g (a = av[(q, c)] vectors, or 1 if av is null).
+template <typename T, int KK, int QB>
+void lane_channel_argmax(const LaneTiles<T>& xt, const int64_t* off, const T* const* w, int64_t wstride,
+                         const typename Simd<T>::V* av, int64_t Ci, int64_t kk, int64_t at,
+                         typename Simd<T>::V* sum, typename Simd<T>::V* best, typename Simd<T>::I* arg) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  using Index = typename Simd<T>::Index;
+  V f[QB];
+  const T* wc[QB];
+  for (int64_t c = 0; c < Ci; ++c) {
+    for (int qb = 0; qb < QB; ++qb) wc[qb] = w[qb] + c * wstride;
+    lane_responses<T, KK, QB>(xt.tile(c) + at, off, wc, kk, f);
+    if (av) {
+      for (int qb = 0; qb < QB; ++qb) f[qb] *= av[qb * Ci + c];
+    }
+    if (c == 0) {
+      for (int qb = 0; qb < QB; ++qb) {
+        sum[qb] = best[qb] = f[qb];
+        arg[qb] = I{};
+      }
+    } else {
+      const I here = I{} + static_cast<Index>(c);
+      for (int qb = 0; qb < QB; ++qb) {
+        sum[qb] += f[qb];
+        const auto up = replaces(f[qb], best[qb]);
+        best[qb] = up ? f[qb] : best[qb];
+        arg[qb] = up ? here : arg[qb];
+      }
     }
   }
 }
 
-// The filters in blocks of at most 4 vectors: (first filter, vectors) pairs.
-std::vector<std::pair<int64_t, int>> filter_blocks(int64_t Qp, int n) {
-  std::vector<std::pair<int64_t, int>> blocks;
-  for (int64_t q0 = 0; q0 < Qp; q0 += 4 * n) blocks.emplace_back(q0, static_cast<int>(std::min<int64_t>(4, (Qp - q0) / n)));
-  return blocks;
-}
+// Calls FN<T, KK, QB>(ARGS) with the filter block size QB (1 to 4; KK 9 and 16 take at most 4 and 2) and the
+// compile-time tap count KK for 3 x 3 and 4 x 4 filters.
+#define BY_TAPS(KK_RT, QB, FN, ...)                                                    \
+  do {                                                                               \
+    if ((KK_RT) == 9) {                                                              \
+      switch (QB) {                                                                  \
+        case 4: FN<T, 9, 4>(__VA_ARGS__); break;                                     \
+        case 3: FN<T, 9, 3>(__VA_ARGS__); break;                                     \
+        case 2: FN<T, 9, 2>(__VA_ARGS__); break;                                     \
+        default: FN<T, 9, 1>(__VA_ARGS__); break;                                    \
+      }                                                                              \
+    } else if ((KK_RT) == 16) {                                                      \
+      if ((QB) == 2) FN<T, 16, 2>(__VA_ARGS__); else FN<T, 16, 1>(__VA_ARGS__);      \
+    } else {                                                                         \
+      FN<T, 0, 1>(__VA_ARGS__);                                                      \
+    }                                                                                \
+  } while (0)
 
-// Calls FN<T, VB>(ARGS) for the block's VB (1 to 4).
-#define BY_BLOCK(VB, FN, ...)          \
-  switch (VB) {                        \
-    case 4: FN<T, 4>(__VA_ARGS__); break; \
-    case 3: FN<T, 3>(__VA_ARGS__); break; \
-    case 2: FN<T, 2>(__VA_ARGS__); break; \
-    default: FN<T, 1>(__VA_ARGS__); break; \
-  }
+// The filter block size for KK taps (the most filters whose responses fit the registers beside the inputs).
+inline int64_t filter_block(int64_t kk, int64_t max_block) {
+  return std::min<int64_t>(kk == 9 ? max_block : (kk == 16 ? 2 : 1), 4);
+}
 
 // max_{y, x} ft and its first arg-max (flat output position): [B, Co, |H|, Ci, L] each.
 std::tuple<Tensor, Tensor> spatial_argmax(const Tensor& xin, const Tensor& bank, int64_t stride, int64_t padding,
                                           int64_t dilation) {
   const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
-  Tensor best = at::empty({bank.size(0), bank.size(1), g.B, g.Ci, g.L}, xin.options());
+  Tensor best = at::empty({g.B, bank.size(0), bank.size(1), g.Ci, g.L}, xin.options());
   Tensor arg = at::empty(best.sizes(), xin.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "spatial_argmax", [&] {
     using T = scalar_t;
-    const int64_t Qp = round_up(g.Q, Simd<T>::n);
-    const std::vector<T> w = bank_by_tap<T>(bank.data_ptr<T>(), g, Qp);
+    using V = typename Simd<T>::V;
+    using I = typename Simd<T>::I;
+    constexpr int n = Simd<T>::n;
+    const int64_t kk = g.k * g.k, blocks = (g.B + n - 1) / n, CL = g.Ci * g.L, QB = filter_block(kk, 4);
+    const std::vector<int64_t> off = tap_offsets(g, n);
     const T* xp = xin.data_ptr<T>();
+    const T* wp = bank.data_ptr<T>();
     T* bp = best.data_ptr<T>();
     int32_t* ap = arg.data_ptr<int32_t>();
-    at::parallel_for(0, g.B * g.Ci * g.L, 1, [&](int64_t begin, int64_t end) {
-      PaddedPlanes<T> scratch;
-      std::vector<T> m(Qp);
-      std::vector<int32_t> a(Qp);
-      for (int64_t bcl = begin; bcl < end; ++bcl) {
-        const T* src = xp + bcl * g.Yi * g.Xi;
-        scratch.fill(&src, 1, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
-        const T* wcl = w.data() + (bcl % (g.Ci * g.L)) * g.k * g.k * Qp;
-        for (const auto& [q0, vb] : filter_blocks(Qp, Simd<T>::n)) {
-          BY_BLOCK(vb, spatial_argmax_block, scratch.plane(0), g.cols, wcl + q0, Qp, g, m.data() + q0, a.data() + q0)
-        }
-        for (int64_t q = 0; q < g.Q; ++q) {  // [Q, B, Ci, L] for now, permuted below
-          bp[q * g.B * g.Ci * g.L + bcl] = m[q];
-          ap[q * g.B * g.Ci * g.L + bcl] = a[q];
+    at::parallel_for(0, blocks * CL, 1, [&](int64_t begin, int64_t end) {
+      LaneTiles<T> xt;
+      xt.shape(1, g.rows, g.cols);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b0 = (item / CL) * n, cl = item % CL;
+        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+        xt.fill(0, xp + (b0 * CL + cl) * g.Yi * g.Xi, CL * g.Yi * g.Xi, lanes, g.Yi, g.Xi, g.pad, g.pad);
+        for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
+          qb = std::min(QB, g.Q - q0);
+          const T* w[4];
+          V m[4];
+          I a[4];
+          for (int i = 0; i < qb; ++i) w[i] = wp + ((q0 + i) * CL + cl) * kk;
+          BY_TAPS(kk, qb, lane_spatial_argmax, xt.tile(0), off.data(), w, g, m, a);
+          for (int i = 0; i < qb; ++i) {
+            for (int j = 0; j < lanes; ++j) {
+              const int64_t at = ((b0 + j) * g.Q + q0 + i) * CL + cl;
+              bp[at] = m[i][j];
+              ap[at] = static_cast<int32_t>(a[i][j]);
+            }
+          }
         }
       }
     });
   });
-  const auto to_batch_major = [&](const Tensor& t) {
-    return t.view({g.Q, g.B, g.Ci, g.L}).transpose(0, 1).contiguous().view({g.B, bank.size(0), bank.size(1), g.Ci, g.L});
-  };
-  return {to_batch_major(best), to_batch_major(arg)};
+  return {best, arg};
 }
 
 // The gradients of the spatial maxima s[b, q, c, l] = ft[b, q, c, l] at the flat output position pos[b, q, c, l]
@@ -712,93 +780,12 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
   return {grad_x, grad_w};
 }
 
-// The channel c* of max_c a[b, q, c, l] ft[b, q, c, l, y, x] (ft without a), that maximum and sum_c a ft, for one
-// (b, l), VB filter vectors from q0 and TP output positions from p0 (flat): written pixel-major to chan, best and
-// sum [Yo * Xo, Qp]. The running maximum, arg-max and sum of the TP x VB responses stay in registers over the
-// channels, and each channel's filter vectors are loaded once for all TP positions.
-template <typename T, int VB, int TP>
-inline void channel_argmax_tile(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp,
-                                const ConvGeometry& g, int64_t p0, typename Simd<T>::Index* chan, T* sum, T* best) {
-  using V = typename Simd<T>::V;
-  using I = typename Simd<T>::I;
-  using Index = typename Simd<T>::Index;
-  constexpr int n = Simd<T>::n;
-  const int64_t kkQ = g.k * g.k * Qp, plane = planes.rows * planes.cols;
-  int64_t at0[TP];  // offset of each position's window in a padded plane
-  for (int t = 0; t < TP; ++t) {
-    const int64_t y = (p0 + t) / g.Xo, x = (p0 + t) % g.Xo;
-    at0[t] = y * g.stride * planes.cols + x * g.stride;
-  }
-  V m[TP][VB], s[TP][VB];
-  I arg[TP][VB];
-  for (int64_t c = 0; c < g.Ci; ++c) {
-    V r[TP][VB];
-    for (int t = 0; t < TP; ++t)
-      for (int v = 0; v < VB; ++v) r[t][v] = V{};
-    const T* wc = w + c * g.L * kkQ;
-    const T* xc = planes.data.data() + c * plane;
-    for (int64_t ty = 0; ty < g.k; ++ty) {
-      for (int64_t tx = 0; tx < g.k; ++tx) {
-        const T* wt = wc + (ty * g.k + tx) * Qp;
-        V wv[VB];
-        for (int v = 0; v < VB; ++v) wv[v] = loadu<V>(wt + v * n);
-        const int64_t off = g.d * (ty * planes.cols + tx);
-        for (int t = 0; t < TP; ++t) {
-          const V xv = splat<V>(xc[at0[t] + off]);
-          for (int v = 0; v < VB; ++v) r[t][v] += xv * wv[v];
-        }
-      }
-    }
-    if (a) {
-      for (int v = 0; v < VB; ++v) {
-        const V av = loadu<V>(a + c * Qp + v * n);
-        for (int t = 0; t < TP; ++t) r[t][v] *= av;
-      }
-    }
-    if (c == 0) {
-      for (int t = 0; t < TP; ++t)
-        for (int v = 0; v < VB; ++v) {
-          m[t][v] = s[t][v] = r[t][v];
-          arg[t][v] = I{};
-        }
-    } else {
-      const I here = I{} + static_cast<Index>(c);
-      for (int t = 0; t < TP; ++t)
-        for (int v = 0; v < VB; ++v) {
-          s[t][v] += r[t][v];
-          const auto up = replaces(r[t][v], m[t][v]);
-          m[t][v] = up ? r[t][v] : m[t][v];
-          arg[t][v] = up ? here : arg[t][v];
-        }
-    }
-  }
-  for (int t = 0; t < TP; ++t) {
-    const int64_t px = (p0 + t) * Qp;
-    for (int v = 0; v < VB; ++v) {
-      storeu(sum + px + v * n, s[t][v]);
-      storeu(best + px + v * n, m[t][v]);
-      storeu(chan + px + v * n, arg[t][v]);
-    }
-  }
-}
-
-// channel_argmax_tile over all output positions: tiles of 12 / VB positions, then single ones.
-template <typename T, int VB>
-void channel_argmax_block(const PaddedPlanes<T>& planes, const T* w, const T* a, int64_t Qp, const ConvGeometry& g,
-                          typename Simd<T>::Index* chan, T* sum, T* best) {
-  constexpr int TP = 12 / (VB == 3 ? 4 : VB * 2);  // 6, 3, 3, 1 positions for 1 to 4 vectors
-  const int64_t P = g.Yo * g.Xo;
-  int64_t p0 = 0;
-  for (; p0 + TP <= P; p0 += TP) channel_argmax_tile<T, VB, TP>(planes, w, a, Qp, g, p0, chan, sum, best);
-  for (; p0 < P; ++p0) channel_argmax_tile<T, VB, 1>(planes, w, a, Qp, g, p0, chan, sum, best);
-}
-
 // channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed = sum_c a ft and maximum = max_c a ft
 // (same shape).
 std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_, int64_t stride,
-                                          int64_t padding, int64_t dilation) {
+                                                  int64_t padding, int64_t dilation) {
   const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
-  const Tensor a = a_.has_value() ? *a_ : Tensor();
+  const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
   if (a.defined()) {
     check(a, xin, "a");
     TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
@@ -809,46 +796,62 @@ std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tenso
   Tensor channel = at::empty(shape, xin.options().dtype(g.Ci <= 256 ? at::kByte : at::kInt));
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_argmax", [&] {
     using T = scalar_t;
-    const int64_t Qp = round_up(g.Q, Simd<T>::n), P = g.Yo * g.Xo;
-    const std::vector<T> w = bank_by_tap<T>(bank.data_ptr<T>(), g, Qp);
+    using V = typename Simd<T>::V;
+    using I = typename Simd<T>::I;
+    constexpr int n = Simd<T>::n;
+    const int64_t kk = g.k * g.k, P = g.Yo * g.Xo, blocks = (g.B + n - 1) / n, QCL = g.Q * g.Ci * g.L;
+    const int64_t QB = filter_block(kk, 4);
+    const std::vector<int64_t> off = tap_offsets(g, n);
     const T* xp = xin.data_ptr<T>();
+    const T* wp = bank.data_ptr<T>();
     const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
     T* sp = summed.data_ptr<T>();
     T* mp = maximum.data_ptr<T>();
     uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
     int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
-    at::parallel_for(0, g.B * g.L, 1, [&](int64_t begin, int64_t end) {
-      PaddedPlanes<T> scratch;
-      std::vector<const T*> src(g.Ci);
-      std::vector<T> aq(ap ? g.Ci * Qp : 0, T(0)), sum(P * Qp), best(P * Qp);
-      std::vector<typename Simd<T>::Index> chan(P * Qp);
-      for (int64_t bl = begin; bl < end; ++bl) {
-        const int64_t b = bl / g.L, l = bl % g.L;
-        for (int64_t c = 0; c < g.Ci; ++c) src[c] = xp + ((b * g.Ci + c) * g.L + l) * g.Yi * g.Xi;
-        scratch.fill(src.data(), g.Ci, g.Yi, g.Xi, g.pad, g.pad, g.rows, g.cols);
-        if (ap) {  // a[b, q, c, l] -> aq[c, q]
-          for (int64_t q = 0; q < g.Q; ++q)
-            for (int64_t c = 0; c < g.Ci; ++c) aq[c * Qp + q] = ap[((b * g.Q + q) * g.Ci + c) * g.L + l];
-        }
-        const T* wl = w.data() + l * g.k * g.k * Qp;
-        for (const auto& [q0, vb] : filter_blocks(Qp, Simd<T>::n)) {
-          BY_BLOCK(vb, channel_argmax_block, scratch, wl + q0, ap ? aq.data() + q0 : nullptr, Qp, g, chan.data() + q0,
-                   sum.data() + q0, best.data() + q0)
-        }
-        // pixel-major scratch -> [q, pixel] of this (b, l), in tiles of 16 pixels that stay in L1
-        const int64_t base = bl * g.Q * P;
-        for (int64_t p0 = 0; p0 < P; p0 += 16) {
-          const int64_t p1 = std::min(P, p0 + 16);
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const int64_t out = base + q * P;
-            for (int64_t p = p0; p < p1; ++p) {
-              sp[out + p] = sum[p * Qp + q];
-              mp[out + p] = best[p * Qp + q];
+    at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
+      LaneTiles<T> xt;
+      std::vector<V> av(ap ? QB * g.Ci : 0);
+      std::vector<T> sum(QB * P * n), best(QB * P * n);
+      std::vector<I> chan(QB * P);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t l = item / blocks, b0 = (item % blocks) * n;
+        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+        fill_input_tiles(xt, xp, g, l, b0, lanes);
+        for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
+          qb = std::min(QB, g.Q - q0);
+          const T* w[4];
+          for (int i = 0; i < qb; ++i) w[i] = wp + ((q0 + i) * g.Ci * g.L + l) * kk;
+          if (ap) {  // av[i, c] = a[b0 + j, q0 + i, c, l] over the lanes j
+            for (int i = 0; i < qb; ++i)
+              for (int64_t c = 0; c < g.Ci; ++c)
+                for (int j = 0; j < n; ++j)
+                  av[i * g.Ci + c][j] = j < lanes ? ap[(b0 + j) * QCL + ((q0 + i) * g.Ci + c) * g.L + l] : T(0);
+          }
+          for (int64_t y = 0; y < g.Yo; ++y) {
+            for (int64_t xo = 0; xo < g.Xo; ++xo) {
+              const int64_t p = y * g.Xo + xo, at = (y * g.stride * g.cols + xo * g.stride) * n;
+              V s[4], m[4];
+              I c[4];
+              BY_TAPS(kk, qb, lane_channel_argmax, xt, off.data(), w, g.L * kk, ap ? av.data() : nullptr, g.Ci, kk,
+                      at, s, m, c);
+              for (int i = 0; i < qb; ++i) {
+                storeu(sum.data() + (i * P + p) * n, s[i]);
+                storeu(best.data() + (i * P + p) * n, m[i]);
+                chan[i * P + p] = c[i];
+              }
             }
-            if (c8) {
-              for (int64_t p = p0; p < p1; ++p) c8[out + p] = static_cast<uint8_t>(chan[p * Qp + q]);
-            } else {
-              for (int64_t p = p0; p < p1; ++p) c32[out + p] = static_cast<int32_t>(chan[p * Qp + q]);
+          }
+          for (int i = 0; i < qb; ++i) {  // lane tiles -> [B, L, Q, Yo, Xo]
+            const int64_t out = ((b0 * g.L + l) * g.Q + q0 + i) * P, stride_b = g.L * g.Q * P;
+            from_lanes<T>(sp + out, sum.data() + i * P * n, lanes, P, stride_b);
+            from_lanes<T>(mp + out, best.data() + i * P * n, lanes, P, stride_b);
+            for (int j = 0; j < lanes; ++j) {
+              for (int64_t p = 0; p < P; ++p) {
+                const auto v = chan[i * P + p][j];
+                if (c8) c8[out + j * stride_b + p] = static_cast<uint8_t>(v);
+                else c32[out + j * stride_b + p] = static_cast<int32_t>(v);
+              }
             }
           }
         }
