@@ -730,7 +730,8 @@ std::tuple<Tensor, Tensor> spatial_argmax(const Tensor& xin, const Tensor& bank,
 
 // The gradients of the spatial maxima s[b, q, c, l] = ft[b, q, c, l] at the flat output position pos[b, q, c, l]
 // (from spatial_argmax): grad, pos [B, Co, |H|, Ci, L] -> grad_x [B, Ci * L, Yi, Xi] and grad_w [Co, |H|, Ci, L,
-// k, k] (each undefined unless needed). Each statistic sends its gradient to its k x k window and filter only.
+// k, k] (each undefined unless needed). Each statistic sends its gradient to its k x k window and filter only. One
+// task per input plane and block of n samples, in lane tiles; each lane (sample) has its own arg-max position.
 std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tensor& xin, const Tensor& bank,
                                                 const Tensor& pos_, int64_t stride, int64_t padding, int64_t dilation,
                                                 bool need_x, bool need_w) {
@@ -738,58 +739,68 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
   const Tensor grad = grad_.contiguous();
   const Tensor pos = pos_.contiguous();
   check(grad, xin, "grad");
-  const int64_t n_stats = g.B * g.Q * g.Ci * g.L, kk = g.k * g.k;
+  const int64_t n_stats = g.B * g.Q * g.Ci * g.L, kk = g.k * g.k, CL = g.Ci * g.L;
   TORCH_CHECK(grad.numel() == n_stats, "grad must be [B, Co, |H|, Ci, L]");
   TORCH_CHECK(pos.numel() == n_stats && pos.scalar_type() == at::kInt, "pos must be int32 [B, Co, |H|, Ci, L]");
   Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
   Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
-  std::vector<int64_t> ty(kk), tx(kk);
-  for (int64_t t = 0; t < kk; ++t) {
-    ty[t] = g.d * (t / g.k) - g.pad;
-    tx[t] = g.d * (t % g.k) - g.pad;
-  }
+  if (!need_x && !need_w) return {grad_x, grad_w};
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "spatial_max_backward", [&] {
     using T = scalar_t;
+    constexpr int n = Simd<T>::n;
     const T *gp = grad.data_ptr<T>(), *xp = xin.data_ptr<T>(), *wp = bank.data_ptr<T>();
     const int32_t* pp = pos.data_ptr<int32_t>();
-    const int64_t CL = g.Ci * g.L, plane = g.Yi * g.Xi;
-    // f(t, y * Xi + x) for every tap t of statistic i = (b * Q + q) * CL + cl whose input (y, x) is inside the plane
-    const auto each_tap = [&](int64_t i, auto&& f) {
-      const int64_t y0 = (pp[i] / g.Xo) * g.stride, x0 = (pp[i] % g.Xo) * g.stride;
-      for (int64_t t = 0; t < kk; ++t) {
-        const int64_t y = y0 + ty[t], x = x0 + tx[t];
-        if (y >= 0 && y < g.Yi && x >= 0 && x < g.Xi) f(t, y * g.Xi + x);
+    const int64_t blocks = (g.B + n - 1) / n, wsize = g.Q * CL * kk;
+    // the padded input region a tile must hold: the rows and columns the conv reads, and all of the input
+    const int64_t rows = std::max(g.rows, g.pad + g.Yi), cols = std::max(g.cols, g.pad + g.Xi);
+    std::vector<int64_t> off(kk);
+    for (int64_t t = 0; t < kk; ++t) off[t] = (g.d * (t / g.k) * cols + g.d * (t % g.k)) * n;
+    const int threads = at::get_num_threads();
+    std::vector<T> partial(need_w ? threads * wsize : 0, T(0));  // per-thread filter gradients
+    at::parallel_for(0, blocks * CL, 1, [&](int64_t begin, int64_t end) {
+      T* dw = need_w ? partial.data() + at::get_thread_num() * wsize : nullptr;
+      LaneTiles<T> xt, dxt;
+      if (need_w) xt.shape(1, rows, cols);
+      if (need_x) dxt.shape(1, rows, cols);
+      std::vector<T> interior(need_x ? g.Yi * g.Xi * n : 0);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b0 = (item / CL) * n, cl = item % CL;
+        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+        if (need_w) xt.fill(0, xp + (b0 * CL + cl) * g.Yi * g.Xi, CL * g.Yi * g.Xi, lanes, g.Yi, g.Xi, g.pad, g.pad);
+        if (need_x) std::fill(dxt.data.begin(), dxt.data.end(), T(0));
+        const T* x = need_w ? xt.tile(0) : nullptr;
+        T* dx = need_x ? dxt.tile(0) : nullptr;
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const T* w = wp + (q * CL + cl) * kk;
+          T* dwq = need_w ? dw + (q * CL + cl) * kk : nullptr;
+          for (int j = 0; j < lanes; ++j) {
+            const int64_t i = ((b0 + j) * g.Q + q) * CL + cl;
+            const T gv = gp[i];
+            if (gv == T(0)) continue;
+            const int64_t p = pp[i], at = ((p / g.Xo) * g.stride * cols + (p % g.Xo) * g.stride) * n + j;
+            if (need_x) {
+              for (int64_t t = 0; t < kk; ++t) dx[at + off[t]] += gv * w[t];
+            }
+            if (need_w) {
+              for (int64_t t = 0; t < kk; ++t) dwq[t] += gv * x[at + off[t]];
+            }
+          }
+        }
+        if (need_x) {  // the tile's input region -> grad_x (positions the conv never reads keep their zero)
+          for (int64_t y = 0; y < g.Yi; ++y)
+            std::memcpy(interior.data() + y * g.Xi * n, dx + ((y + g.pad) * cols + g.pad) * n, g.Xi * n * sizeof(T));
+          from_lanes<T>(grad_x.data_ptr<T>() + (b0 * CL + cl) * g.Yi * g.Xi, interior.data(), lanes, g.Yi * g.Xi,
+                        CL * g.Yi * g.Xi);
+        }
       }
-    };
-    if (need_x) {  // one task per input plane (b, cl): no two tasks write the same values
-      at::parallel_for(0, g.B * CL, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t bcl = begin; bcl < end; ++bcl) {
-          const int64_t b = bcl / CL, cl = bcl % CL;
-          T* dx = grad_x.data_ptr<T>() + bcl * plane;
-          std::fill(dx, dx + plane, T(0));
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const int64_t i = (b * g.Q + q) * CL + cl;
-            const T gv = gp[i];
-            const T* w = wp + (q * CL + cl) * kk;
-            if (gv != T(0)) each_tap(i, [&](int64_t t, int64_t at) { dx[at] += gv * w[t]; });
-          }
-        }
-      });
-    }
-    if (need_w) {  // one task per filter (q, cl), summed over the batch
-      at::parallel_for(0, g.Q * CL, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t qcl = begin; qcl < end; ++qcl) {
-          const int64_t q = qcl / CL, cl = qcl % CL;
-          T* dw = grad_w.data_ptr<T>() + qcl * kk;
-          std::fill(dw, dw + kk, T(0));
-          for (int64_t b = 0; b < g.B; ++b) {
-            const int64_t i = (b * g.Q + q) * CL + cl;
-            const T gv = gp[i];
-            const T* xs = xp + (b * CL + cl) * plane;
-            if (gv != T(0)) each_tap(i, [&](int64_t t, int64_t at) { dw[t] += gv * xs[at]; });
-          }
-        }
-      });
+    });
+    if (need_w) {
+      T* gw = grad_w.data_ptr<T>();
+      for (int64_t i = 0; i < wsize; ++i) {
+        T sum = 0;
+        for (int t = 0; t < threads; ++t) sum += partial[t * wsize + i];
+        gw[i] = sum;
+      }
     }
   });
   return {grad_x, grad_w};
