@@ -213,7 +213,8 @@ def test_native_arg_maxes_equal_torch(full_native, dtype, case):
     for weights in (a, None):
         g = ft if weights is None else ft * weights[..., None, None]
         channel = g.max(dim=3).indices  # [B, Co, |H|, L, Y', X']
-        got_channel, got_sum, got_max = full_native.channel_argmax(xin, bank, weights, *conv)
+        got_channel, got_sum, got_max, got_plain = full_native.channel_argmax(xin, bank, weights, *conv, True)
+        same(got_plain, ft.sum(dim=(3, 4)), dtype)  # the plain conv, whatever the weights
         assert got_channel.dtype == (torch.uint8 if xin.shape[1] // bank.shape[3] <= 256 else torch.int32)
         assert torch.equal(got_channel.long().permute(0, 2, 3, 1, 4, 5), channel)
         same(got_sum.permute(0, 2, 3, 1, 4, 5), g.sum(dim=3), dtype)
@@ -246,7 +247,7 @@ def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a)
     xin, bank, a, conv = conv_case(case, dtype)
     a = a if with_a else None
     geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    channel, _, maximum = full_native.channel_argmax(xin, bank, a, *conv)
+    channel, _, maximum, _ = full_native.channel_argmax(xin, bank, a, *conv, False)
     ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
     winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
     leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
@@ -263,26 +264,30 @@ def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if c[8] == 1], ids=str)
 @pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
-@pytest.mark.parametrize("used", ["both", "sum", "max"])
+@pytest.mark.parametrize("used", ["both", "sum", "max", "plain", "all"])
 def test_native_channel_stats_equal_torch(full_native, dtype, case, with_a, used):
-    """sum_c a ft and max_c a ft with one fused backward = the modulated conv and the selected responses."""
+    """sum_c a ft, max_c a ft and the plain conv sum_{c,l} ft with one fused backward = the modulated conv, the
+    selected responses and the plain conv."""
     xin, bank, a, conv = conv_case(case, dtype)
     a = a if with_a else None
     geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    channel, summed, maximum = full_native.channel_argmax(xin, bank, a, *conv)
+    channel, summed, maximum, plain = full_native.channel_argmax(xin, bank, a, *conv, True)
     ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
     winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
     leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
-    got = lean.NativeChannelStats.apply(xin, bank, a, channel, summed, maximum, geo)
+    got = lean.NativeChannelStats.apply(xin, bank, a, channel, geo, summed, maximum, plain)
     want = (
         lean.modulated_conv(xin, bank, a, geo, sum_orientations=False),
         lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo),
+        lean.modulated_conv(xin, bank, None, geo, sum_orientations=True),
     )
     for x, y in zip(got, want, strict=True):
         same(x, y, dtype)
-    g = torch.randn_like(want[0])
-    pick = {"both": [0, 1], "sum": [0], "max": [1]}[used]
-    loss_got = sum((got[i] * g * (i + 1)).sum() for i in pick)
-    loss_want = sum((want[i] * g * (i + 1)).sum() for i in pick)
-    for x, y in zip(torch.autograd.grad(loss_got, leaves), torch.autograd.grad(loss_want, leaves), strict=True):
+    pick = {"both": [0, 1], "sum": [0], "max": [1], "plain": [2], "all": [0, 1, 2]}[used]
+    gs = [torch.randn_like(w) for w in want]
+    loss_got = sum((got[i] * gs[i]).sum() for i in pick)
+    loss_want = sum((want[i] * gs[i]).sum() for i in pick)
+    grads_got = torch.autograd.grad(loss_got, leaves, allow_unused=True, materialize_grads=True)
+    grads_want = torch.autograd.grad(loss_want, leaves, allow_unused=True, materialize_grads=True)
+    for x, y in zip(grads_got, grads_want, strict=True):  # the plain conv alone: zero gradient for a
         same(x, y, dtype)

@@ -627,19 +627,25 @@ void lane_spatial_argmax(const T* x, const int64_t* off, const T* const* w, cons
 }
 
 // Filters q0 ... q0 + QB - 1 at output position p (offset at in the tiles): over the channels, the first arg-max
-// c* of g = a f, max_c g and sum_c g (a = av[(q, c)] vectors, or 1 if av is null).
+// c* of g = a f, max_c g and sum_c g (a = av[(q, c)] vectors, or 1 if av is null); and, if plain is not null, the
+// plain sum sum_c f added to it.
 template <typename T, int KK, int QB>
 void lane_channel_argmax(const LaneTiles<T>& xt, const int64_t* off, const T* const* w, int64_t wstride,
                          const typename Simd<T>::V* av, int64_t Ci, int64_t kk, int64_t at,
-                         typename Simd<T>::V* sum, typename Simd<T>::V* best, typename Simd<T>::I* arg) {
+                         typename Simd<T>::V* sum, typename Simd<T>::V* best, typename Simd<T>::I* arg,
+                         typename Simd<T>::V* plain) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   using Index = typename Simd<T>::Index;
-  V f[QB];
+  V f[QB], pl[QB];
   const T* wc[QB];
+  for (int qb = 0; qb < QB; ++qb) pl[qb] = V{};
   for (int64_t c = 0; c < Ci; ++c) {
     for (int qb = 0; qb < QB; ++qb) wc[qb] = w[qb] + c * wstride;
     lane_responses<T, KK, QB>(xt.tile(c) + at, off, wc, kk, f);
+    if (plain) {
+      for (int qb = 0; qb < QB; ++qb) pl[qb] += f[qb];
+    }
     if (av) {
       for (int qb = 0; qb < QB; ++qb) f[qb] *= av[qb * Ci + c];
     }
@@ -657,6 +663,9 @@ void lane_channel_argmax(const LaneTiles<T>& xt, const int64_t* off, const T* co
         arg[qb] = up ? here : arg[qb];
       }
     }
+  }
+  if (plain) {
+    for (int qb = 0; qb < QB; ++qb) plain[qb] += pl[qb];
   }
 }
 
@@ -807,9 +816,11 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
 }
 
 // channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed = sum_c a ft and maximum = max_c a ft
-// (same shape).
-std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_, int64_t stride,
-                                                  int64_t padding, int64_t dilation) {
+// (same shape), and, with_plain, the plain conv sum_{c, l} ft [B, Co, |H|, Yo, Xo] (else undefined). One task per
+// block of samples and block of filters, over all l.
+std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_,
+                                                          int64_t stride, int64_t padding, int64_t dilation,
+                                                          bool with_plain) {
   const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
   const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
   if (a.defined()) {
@@ -820,32 +831,34 @@ std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tenso
   Tensor summed = at::empty(shape, xin.options());
   Tensor maximum = at::empty(shape, xin.options());
   Tensor channel = at::empty(shape, xin.options().dtype(g.Ci <= 256 ? at::kByte : at::kInt));
+  Tensor plain = with_plain ? at::empty({g.B, bank.size(0), bank.size(1), g.Yo, g.Xo}, xin.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_argmax", [&] {
     using T = scalar_t;
     using V = typename Simd<T>::V;
     using I = typename Simd<T>::I;
     constexpr int n = Simd<T>::n;
     const int64_t kk = g.k * g.k, P = g.Yo * g.Xo, blocks = (g.B + n - 1) / n, QCL = g.Q * g.Ci * g.L;
-    const int64_t QB = filter_block(kk, 4);
+    const int64_t QB = filter_block(kk, 4), qblocks = (g.Q + QB - 1) / QB;
     const std::vector<int64_t> off = tap_offsets(g, n);
     const T* xp = xin.data_ptr<T>();
     const T* wp = bank.data_ptr<T>();
     const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
     T* sp = summed.data_ptr<T>();
     T* mp = maximum.data_ptr<T>();
+    T* pp = with_plain ? plain.data_ptr<T>() : nullptr;
     uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
     int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
-    at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, blocks * qblocks, 1, [&](int64_t begin, int64_t end) {
       LaneTiles<T> xt;
       std::vector<V> av(ap ? QB * g.Ci : 0);
-      std::vector<T> sum(QB * P * n), best(QB * P * n);
+      std::vector<T> sum(QB * P * n), best(QB * P * n), pl(pp ? QB * P * n : 0);
       std::vector<I> chan(QB * P);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t l = item / blocks, b0 = (item % blocks) * n;
+        const int64_t b0 = (item / qblocks) * n, q0 = (item % qblocks) * QB, qb = std::min(QB, g.Q - q0);
         const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
-        fill_input_tiles(xt, xp, g, l, b0, lanes);
-        for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
-          qb = std::min(QB, g.Q - q0);
+        std::fill(pl.begin(), pl.end(), T(0));
+        for (int64_t l = 0; l < g.L; ++l) {
+          fill_input_tiles(xt, xp, g, l, b0, lanes);
           const T* w[4];
           for (int i = 0; i < qb; ++i) w[i] = wp + ((q0 + i) * g.Ci * g.L + l) * kk;
           if (ap) {  // av[i, c] = a[b0 + j, q0 + i, c, l] over the lanes j
@@ -857,14 +870,16 @@ std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tenso
           for (int64_t y = 0; y < g.Yo; ++y) {
             for (int64_t xo = 0; xo < g.Xo; ++xo) {
               const int64_t p = y * g.Xo + xo, at = (y * g.stride * g.cols + xo * g.stride) * n;
-              V s[4], m[4];
+              V s[4], m[4], ps[4];
               I c[4];
+              for (int i = 0; i < qb; ++i) ps[i] = pp ? loadu<V>(pl.data() + (i * P + p) * n) : V{};
               BY_TAPS(kk, qb, lane_channel_argmax, xt, off.data(), w, g.L * kk, ap ? av.data() : nullptr, g.Ci, kk,
-                      at, s, m, c);
+                      at, s, m, c, pp ? ps : nullptr);
               for (int i = 0; i < qb; ++i) {
                 storeu(sum.data() + (i * P + p) * n, s[i]);
                 storeu(best.data() + (i * P + p) * n, m[i]);
                 chan[i * P + p] = c[i];
+                if (pp) storeu(pl.data() + (i * P + p) * n, ps[i]);
               }
             }
           }
@@ -881,10 +896,14 @@ std::tuple<Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tenso
             }
           }
         }
+        if (pp) {
+          for (int i = 0; i < qb; ++i)
+            from_lanes<T>(pp + (b0 * g.Q + q0 + i) * P, pl.data() + i * P * n, lanes, P, g.Q * P);
+        }
       }
     });
   });
-  return {channel, summed, maximum};
+  return {channel, summed, maximum, plain};
 }
 
 
@@ -1068,14 +1087,16 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
 // of a, sum_t bank corr, are formed here from the per-lane correlations.
 // ---------------------------------------------------------------------------------------------------------------
 // One channel c and QB filters q over output rows [y0, y1): with D_q = grad_sum_q + [c* = c] grad_max_q (vector
-// selects), corr[q][t] += D_q[p] x_c[p + off_t] and, if need_x, gx_c[p + off_t] += bank_q[t] a_q D_q[p], for every
-// position p. x, gx: lane tiles of channel c; gs, gm, chan: lane tiles [Yo * Xo][n] of each filter (gs or gm null
-// where that gradient is absent). KK: the number of taps at compile time (0: kk at run time).
-template <typename T, int KK, int QB>
+// selects), corr[q][t] += D_q[p] x_c[p + off_t] and, if need_x, gx_c[p + off_t] += bank_q[t] (a_q D_q[p] + P_q[p]),
+// for every position p. x, gx: lane tiles of channel c; gs, gm, chan: lane tiles [Yo * Xo][n] of each filter (gs or
+// gm null where that gradient is absent). PLAIN: P_q = gp[q] is the gradient of the plain sum sum_{c, l} ft, and
+// corrp[q][t] += P_q[p] x_c[p + off_t]. KK: the number of taps at compile time (0: kk at run time).
+template <typename T, int KK, int QB, bool PLAIN>
 void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
-                     const typename Simd<T>::I* const* chan, int64_t c, const T* const* bank,
+                     const typename Simd<T>::I* const* chan, const T* const* gp, int64_t c, const T* const* bank,
                      const typename Simd<T>::V* av, const int64_t* off, int64_t kk_rt, int64_t y0, int64_t y1,
-                     int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr) {
+                     int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr,
+                     typename Simd<T>::V* const* corrp) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   constexpr int n = Simd<T>::n;
@@ -1087,19 +1108,23 @@ void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
   };
   if constexpr (KK > 0) {
     // local copies: the stores to gx may not alias them, so they stay in registers
-    V acc[QB][KK], a[QB];
+    constexpr int QP = PLAIN ? QB : 1;
+    V acc[QB][KK], a[QB], accp[QP][KK];
     T w[QB][KK];
     const T* gsq[QB];
     const T* gmq[QB];
+    const T* gpq[QB];
     const typename Simd<T>::I* chq[QB];
     for (int qb = 0; qb < QB; ++qb) {
       for (int t = 0; t < KK; ++t) {
         acc[qb][t] = corr[qb][t];
         w[qb][t] = bank[qb][t];
+        if constexpr (PLAIN) accp[qb][t] = corrp[qb][t];
       }
       a[qb] = av[qb];
       gsq[qb] = gs[qb];
       gmq[qb] = gm[qb];
+      gpq[qb] = PLAIN ? gp[qb] : nullptr;
       chq[qb] = chan[qb];
     }
     int64_t o[KK];
@@ -1107,16 +1132,23 @@ void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
     for (int64_t y = y0; y < y1; ++y) {
       for (int64_t xo = 0; xo < Xo; ++xo) {
         const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
-        V D[QB], aD[QB];
+        V D[QB], aD[QB], Pq[QP];
         for (int qb = 0; qb < QB; ++qb) {
           D[qb] = gsq[qb] ? loadu<V>(gsq[qb] + p * n) : V{};
           if (gmq[qb]) D[qb] += loadu<I>(chq[qb] + p) == cv ? loadu<V>(gmq[qb] + p * n) : V{};
           aD[qb] = a[qb] * D[qb];
+          if constexpr (PLAIN) {
+            Pq[qb] = loadu<V>(gpq[qb] + p * n);
+            aD[qb] += Pq[qb];
+          }
         }
 #pragma GCC unroll 16
         for (int t = 0; t < KK; ++t) {
           const V xv = loadu<V>(x + at + o[t]);
-          for (int qb = 0; qb < QB; ++qb) acc[qb][t] += D[qb] * xv;
+          for (int qb = 0; qb < QB; ++qb) {
+            acc[qb][t] += D[qb] * xv;
+            if constexpr (PLAIN) accp[qb][t] += Pq[qb] * xv;
+          }
         }
         if (need_x) {
 #pragma GCC unroll 16
@@ -1129,16 +1161,22 @@ void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
         }
       }
     }
-    for (int qb = 0; qb < QB; ++qb)
-      for (int t = 0; t < KK; ++t) corr[qb][t] = acc[qb][t];
+    for (int qb = 0; qb < QB; ++qb) {
+      for (int t = 0; t < KK; ++t) {
+        corr[qb][t] = acc[qb][t];
+        if constexpr (PLAIN) corrp[qb][t] = accp[qb][t];
+      }
+    }
   } else {
     for (int64_t y = y0; y < y1; ++y) {
       for (int64_t xo = 0; xo < Xo; ++xo) {
         const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
         for (int qb = 0; qb < QB; ++qb) {
-          const V D = gradient(qb, p), aD = av[qb] * D;
+          const V D = gradient(qb, p), Pq = PLAIN ? loadu<V>(gp[qb] + p * n) : V{}, aD = av[qb] * D + Pq;
           for (int64_t t = 0; t < kk_rt; ++t) {
-            corr[qb][t] += D * loadu<V>(x + at + off[t]);
+            const V xv = loadu<V>(x + at + off[t]);
+            corr[qb][t] += D * xv;
+            if constexpr (PLAIN) corrp[qb][t] += Pq * xv;
             if (need_x) {
               T* gp = gx + at + off[t];
               storeu(gp, loadu<V>(gp) + bank[qb][t] * aD);
@@ -1152,24 +1190,31 @@ void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
 
 template <typename T, int KK>
 void lane_stats_rows_q(int qb, const T* x, T* gx, const T* const* gs, const T* const* gm,
-                       const typename Simd<T>::I* const* chan, int64_t c, const T* const* bank,
+                       const typename Simd<T>::I* const* chan, const T* const* gp, int64_t c, const T* const* bank,
                        const typename Simd<T>::V* av, const int64_t* off, int64_t kk, int64_t y0, int64_t y1,
-                       int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr) {
-  if (qb == 2) {
-    lane_stats_rows<T, KK, 2>(x, gx, gs, gm, chan, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr);
+                       int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr,
+                       typename Simd<T>::V* const* corrp) {
+  if (gp) {
+    lane_stats_rows<T, KK, 1, true>(x, gx, gs, gm, chan, gp, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr,
+                                    corrp);
+  } else if (qb == 2) {
+    lane_stats_rows<T, KK, 2, false>(x, gx, gs, gm, chan, gp, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr,
+                                     corrp);
   } else {
-    lane_stats_rows<T, KK, 1>(x, gx, gs, gm, chan, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr);
+    lane_stats_rows<T, KK, 1, false>(x, gx, gs, gm, chan, gp, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr,
+                                     corrp);
   }
 }
 
-// The gradients of summed = sum_c a ft and maximum = max_c a ft (see channel_stats_backward), stride 1:
-// grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k] and grad_a [B, Co, |H|, Ci, L] (each undefined unless
-// asked for; grad_a also when a is undefined).
+// The gradients of summed = sum_c a ft, maximum = max_c a ft and (optionally) plain = sum_{c, l} ft (see
+// channel_argmax), stride 1, from grad_sum, grad_max [B, L, Co, |H|, Yo, Xo] and grad_plain [B, Co, |H|, Yo, Xo]
+// (any may be undefined, not all): grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k] and grad_a [B, Co, |H|,
+// Ci, L] (each undefined unless asked for; grad_a also when a is undefined).
 std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const Maybe& grad_max_,
-                                                               const Tensor& xin, const Tensor& bank, const Maybe& a_,
-                                                               const Maybe& channel_, int64_t padding,
-                                                               int64_t dilation, bool need_x, bool need_w,
-                                                               bool need_a) {
+                                                          const Tensor& xin, const Tensor& bank, const Maybe& a_,
+                                                          const Maybe& channel_, int64_t padding, int64_t dilation,
+                                                          bool need_x, bool need_w, bool need_a,
+                                                          const Maybe& grad_plain_) {
   const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
   const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
   const auto gradient = [&](const Maybe& t) {
@@ -1180,7 +1225,13 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
     return c;
   };
   const Tensor grad_sum = gradient(grad_sum_), grad_max = gradient(grad_max_);
-  TORCH_CHECK(grad_sum.defined() || grad_max.defined(), "channel_stats_backward: no gradient");
+  Tensor grad_plain;
+  if (grad_plain_.has_value() && grad_plain_->defined()) {
+    grad_plain = grad_plain_->contiguous();
+    check(grad_plain, xin, "grad_plain");
+    TORCH_CHECK(grad_plain.numel() == g.B * g.Q * P, "grad_plain must be [B, Co, |H|, Yo, Xo]");
+  }
+  TORCH_CHECK(grad_sum.defined() || grad_max.defined() || grad_plain.defined(), "channel_stats_backward: no gradient");
   const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
   if (a.defined()) {
     check(a, xin, "a");
@@ -1207,6 +1258,7 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
     constexpr int n = Simd<T>::n;
     const T* gsp = grad_sum.defined() ? grad_sum.data_ptr<T>() : nullptr;
     const T* gmp = grad_max.defined() ? grad_max.data_ptr<T>() : nullptr;
+    const T* gpp = grad_plain.defined() ? grad_plain.data_ptr<T>() : nullptr;
     const uint8_t* c8 = gmp && channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
     const int32_t* c32 = gmp && !c8 ? channel.data_ptr<int32_t>() : nullptr;
     const T* xp = xin.data_ptr<T>();
@@ -1226,8 +1278,9 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
       xt.shape(g.Ci, rows, cols);
       if (need_x) gxt.shape(g.Ci, rows, cols);
       std::vector<T> gs(gsp ? g.Q * P * n : 0), gm(gmp ? g.Q * P * n : 0), av(g.Q * g.Ci * n, T(1));
+      std::vector<T> gpl(gpp ? g.Q * P * n : 0);
       std::vector<I> chan(gmp ? g.Q * P : 0);
-      std::vector<V> corr(g.Q * g.Ci * kk);
+      std::vector<V> corr(g.Q * g.Ci * kk), corrp(gpp ? g.Q * g.Ci * kk : 0);
       // output rows per strip: the strip's rows of one channel's input and gradient tiles and of two filters'
       // gradient tiles stay in the L1 cache while the filters and channels go by
       const int64_t row_bytes = cols * n * sizeof(T), strip_budget = STRIP_KB * 1024;
@@ -1253,34 +1306,40 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
             if (c8) lanes_in<Index, uint8_t, n>(ch, c8 + src, stride, lanes, P);
             else lanes_in<Index, int32_t, n>(ch, c32 + src, stride, lanes, P);
           }
+          if (gpp) to_lanes<T>(gpl.data() + q * P * n, gpp + (b0 * g.Q + q) * P, g.Q * P, lanes, P);
         }
         std::fill(corr.begin(), corr.end(), V{});
+        std::fill(corrp.begin(), corrp.end(), V{});
         for (int64_t y0 = 0; y0 < g.Yo; y0 += strip) {
           const int64_t y1 = std::min(g.Yo, y0 + strip);
           for (int64_t c = 0; c < g.Ci; ++c) {
             const T* x = xt.tile(c);
             T* gx = need_x ? gxt.tile(c) : nullptr;
             for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
-              qb = std::min<int64_t>(kk <= 9 ? 2 : 1, g.Q - q0);
+              qb = std::min<int64_t>(kk <= 9 && !gpp ? 2 : 1, g.Q - q0);
               const T* gsq[2];
               const T* gmq[2];
               const I* chq[2];
+              const T* gpq[2];
               const T* bq[2];
               V aq[2];
               V* cq[2];
+              V* cpq[2];
               for (int i = 0; i < qb; ++i) {
                 const int64_t q = q0 + i;
                 gsq[i] = gsp ? gs.data() + q * P * n : nullptr;
                 gmq[i] = gmp ? gm.data() + q * P * n : nullptr;
                 chq[i] = gmp ? chan.data() + q * P : nullptr;
+                gpq[i] = gpp ? gpl.data() + q * P * n : nullptr;
+                cpq[i] = gpp ? corrp.data() + (q * g.Ci + c) * kk : nullptr;
                 bq[i] = wp + (q * g.Ci * g.L + c * g.L + l) * kk;
                 aq[i] = loadu<V>(av.data() + (q * g.Ci + c) * n);
                 cq[i] = corr.data() + (q * g.Ci + c) * kk;
               }
               switch (kk) {
-                case 9: lane_stats_rows_q<T, 9>(qb, x, gx, gsq, gmq, chq, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq); break;
-                case 16: lane_stats_rows_q<T, 16>(qb, x, gx, gsq, gmq, chq, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq); break;
-                default: lane_stats_rows_q<T, 0>(qb, x, gx, gsq, gmq, chq, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq); break;
+                case 9: lane_stats_rows_q<T, 9>(qb, x, gx, gsq, gmq, chq, gpp ? gpq : nullptr, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq, cpq); break;
+                case 16: lane_stats_rows_q<T, 16>(qb, x, gx, gsq, gmq, chq, gpp ? gpq : nullptr, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq, cpq); break;
+                default: lane_stats_rows_q<T, 0>(qb, x, gx, gsq, gmq, chq, gpp ? gpq : nullptr, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq, cpq); break;
               }
             }
           }
@@ -1293,6 +1352,10 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
             if (need_w) {
               V* d = dw + qcl * kk;
               for (int64_t t = 0; t < kk; ++t) d[t] += ap ? a_vec * cr[t] : cr[t];
+              if (gpp) {
+                const V* crp = corrp.data() + (q * g.Ci + c) * kk;
+                for (int64_t t = 0; t < kk; ++t) d[t] += crp[t];
+              }
             }
             if (need_a) {
               const T* w = wp + qcl * kk;

@@ -258,6 +258,8 @@ class AttGConv(GConv):
             )
         # max_xy ft, differentiable, for all output channels at once (one backward pass for the layer)
         s_max = lean.spatial_maxima(xin, bank, found.spatial, found.spatial_max, geo) if ca is not None else None
+        # the fused kernels add the plain sum in each chunk (one pass over the responses for both); else one conv
+        fused_plain = native is not None and sa is not None and self.combine == "one_minus_product"
         per_channel = xin.shape[0] * self.group.order * self.in_order * geo.pixels  # of a per-orientation tensor
         if ca is not None:  # ... and of the per-sample conv weights a_C * W
             per_channel = max(per_channel, xin.shape[0] * self.group.order * xin.shape[1] * self.kernel_size**2)
@@ -268,23 +270,24 @@ class AttGConv(GConv):
             args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, s_max))]
             args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
             if self.recompute_stats and torch.is_grad_enabled():
-                out, *chunk_maps = checkpoint(self._attend, *args, o, geo, use_reentrant=False)
+                out, *chunk_maps = checkpoint(self._attend, *args, o, geo, fused_plain, use_reentrant=False)
             else:
-                out, *chunk_maps = self._attend(*args, o, geo)
+                out, *chunk_maps = self._attend(*args, o, geo, fused_plain)
             outs.append(out)
             maps.append(chunk_maps)
         for i, module in enumerate((ca, sa)):
             if module is not None and module.keep_map:
                 module.keep_chunks([m[i] for m in maps], dim=1)
         out = torch.cat(outs, dim=1)
-        if sa is not None and self.combine == "one_minus_product":  # one conv for all output channels
+        if sa is not None and self.combine == "one_minus_product" and not fused_plain:  # one conv for all channels
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
         return out
 
-    def _attend(self, xin, bank, s_avg, s_max, channel_at, winner, o: slice, geo) -> tuple[Tensor, ...]:
+    def _attend(self, xin, bank, s_avg, s_max, channel_at, winner, o: slice, geo, fused_plain=False) -> tuple:
         """The layer's output for the output channels ``o`` of ``bank``, given the spatial statistics of ``ft``
         and the channel arg-maxes (see :meth:`_lean`), and the (detached) channel and spatial maps of the chunk
-        (None where absent or not kept)."""
+        (None where absent or not kept). ``fused_plain``: the output includes the plain sum (``sum_{c,l} ft -
+        sum_l a_X G_l``), from the fused kernels' pass; else ``sum_l a_X G_l`` alone."""
         ca, sa = self.channel_attention, self.spatial_attention
         a = a_map = x_map = None
         if ca is not None:
@@ -296,13 +299,17 @@ class AttGConv(GConv):
             return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True), a_map, x_map
         # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
         native = lean.native_kernels(xin)
-        if native is not None:  # G_l and max_c g, from one fused pass
-            summed, maximum = lean.native_channel_stats(native, xin, bank, a, geo)
+        plain = None
+        if native is not None:  # G_l and max_c g (and the plain sum), from one fused pass
+            summed, maximum, *rest = lean.native_channel_stats(native, xin, bank, a, geo, with_plain=fused_plain)
+            plain = rest[0] if rest else None
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
         logits = sa.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
-        out, a_x = lean.sigmoid_weighted_sum(logits, summed)  # sum_l a_X G_l; _lean subtracts it from the plain conv
+        out, a_x = lean.sigmoid_weighted_sum(logits, summed)  # sum_l a_X G_l
+        if plain is not None:
+            out = plain - out  # else _lean subtracts it from the plain conv
         if sa.keep_map:
             x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
         return out, a_map, x_map

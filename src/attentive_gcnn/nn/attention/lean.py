@@ -269,46 +269,61 @@ class NativeSpatialMax(torch.autograd.Function):
 
 
 def native_channel_stats(
-    kernels, xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry
-) -> tuple[Tensor, Tensor]:
-    """``(sum_c g, max_c g)`` (``g = a * ft``, ``a`` None for 1), each ``[B, n_in, Co', |H|, X', Y']``: one fused
-    pass over the responses without autograd (the channel arg-max found on the way), then
-    :class:`NativeChannelStats` for their gradients (stride 1; else :func:`modulated_conv` and
-    :class:`NativeSelectedResponses`). Nothing is kept between forward and backward: under
-    ``torch.utils.checkpoint`` the pass runs again in backward."""
+    kernels, xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry, with_plain: bool = False
+) -> tuple[Tensor, ...]:
+    """``(sum_c g, max_c g)`` (``g = a * ft``, ``a`` None for 1), each ``[B, n_in, Co', |H|, X', Y']``, and with
+    ``with_plain`` also the plain conv ``sum_{c, l} ft`` ``[B, Co', |H|, X', Y']``: one fused pass over the responses
+    without autograd (the channel arg-max found on the way), then :class:`NativeChannelStats` for their gradients
+    (stride 1; else :func:`modulated_conv` and :class:`NativeSelectedResponses`). Nothing is kept between forward
+    and backward: under ``torch.utils.checkpoint`` the pass runs again in backward."""
+    with_plain_here = with_plain and geo.stride == 1
     with torch.no_grad():
-        channel, summed, maximum = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args)
+        channel, summed, maximum, plain = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args, with_plain_here)
     if geo.stride == 1:
-        return NativeChannelStats.apply(xin, bank, a, channel, summed, maximum, geo)
+        values = (summed, maximum, plain) if with_plain else (summed, maximum)
+        return NativeChannelStats.apply(xin, bank, a, channel, geo, *values)
     summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)
-    return summed, NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo)
+    stats = (summed, NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo))
+    return (*stats, modulated_conv(xin, bank, None, geo, sum_orientations=True)) if with_plain else stats
 
 
 class NativeChannelStats(torch.autograd.Function):
-    """``(sum_c a * ft, max_c a * ft)``, each ``[B, n_in, Co', |H|, X', Y']``, for stride 1, given their values and
-    the channel arg-max (from :func:`native_channel_stats`); the backward of both is one fused kernel, in which the
-    maximum's gradient joins the sum's at the winning channel. Arguments ``(xin, bank, a, channel, summed, maximum,
-    geo)``, ``a`` None for 1. Equals :func:`modulated_conv` (``sum_orientations=False``) and
-    :class:`SelectedResponses`."""
+    """``(sum_c a * ft, max_c a * ft)``, each ``[B, n_in, Co', |H|, X', Y']``, and optionally the plain conv
+    ``sum_{c, l} ft`` ``[B, Co', |H|, X', Y']``, for stride 1, given their values and the channel arg-max (from
+    :func:`native_channel_stats`); the backward of all is one fused kernel, in which the maximum's gradient joins
+    the sum's at the winning channel and the plain conv's gradient joins both. Arguments ``(xin, bank, a, channel,
+    geo, summed, maximum[, plain])``, ``a`` None for 1. Equals :func:`modulated_conv` (``sum_orientations=False``),
+    :class:`SelectedResponses` and :func:`modulated_conv` without ``a`` (``sum_orientations=True``)."""
 
     @staticmethod
-    def forward(ctx, xin, bank, a, channel, summed, maximum, geo: ConvGeometry) -> tuple[Tensor, Tensor]:
+    def forward(ctx, xin, bank, a, channel, geo: ConvGeometry, *values: Tensor) -> tuple[Tensor, ...]:
         ctx.save_for_backward(xin, bank, a, channel)
         ctx.geo = geo
         ctx.set_materialize_grads(False)
-        return summed, maximum
+        return values
 
     @staticmethod
-    def backward(ctx, grad_sum: Tensor | None, grad_max: Tensor | None):
+    def backward(ctx, grad_sum: Tensor | None, grad_max: Tensor | None, grad_plain: Tensor | None = None):
         xin, bank, a, channel = ctx.saved_tensors
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
-        if grad_sum is None and grad_max is None:
-            return (None,) * 7
+        n_args = len(ctx.needs_input_grad)
+        if grad_sum is None and grad_max is None and grad_plain is None:
+            return (None,) * n_args
         geo = ctx.geo
         grad_x, grad_w, grad_a = native_kernels(xin).channel_stats_backward(
-            grad_sum, grad_max, *_contiguous(xin, bank, a), channel, geo.padding, geo.dilation, need_x, need_w, need_a
+            grad_sum,
+            grad_max,
+            *_contiguous(xin, bank, a),
+            channel,
+            geo.padding,
+            geo.dilation,
+            need_x,
+            need_w,
+            need_a,
+            grad_plain,
         )
-        return (grad_x if need_x else None), (grad_w if need_w else None), (grad_a if need_a else None), *[None] * 4
+        grads = (grad_x if need_x else None), (grad_w if need_w else None), (grad_a if need_a else None)
+        return *grads, *[None] * (n_args - 3)
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
