@@ -276,9 +276,9 @@ def native_channel_stats(
     without autograd (the channel arg-max found on the way), then :class:`NativeChannelStats` for their gradients
     (stride 1; else :func:`modulated_conv` and :class:`NativeSelectedResponses`). Nothing is kept between forward
     and backward: under ``torch.utils.checkpoint`` the pass runs again in backward."""
-    with_plain_here = with_plain and geo.stride == 1
+    fused = with_plain and geo.stride == 1  # the kernel's plain sum; other strides: a conv below
     with torch.no_grad():
-        channel, summed, maximum, plain = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args, with_plain_here)
+        channel, summed, maximum, plain = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args, fused)
     if geo.stride == 1:
         values = (summed, maximum, plain) if with_plain else (summed, maximum)
         return NativeChannelStats.apply(xin, bank, a, channel, geo, *values)
