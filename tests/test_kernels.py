@@ -173,6 +173,35 @@ def test_native_planewise_conv_is_the_grouped_conv(full_native, dtype, case):
         same(a, b_, dtype)
 
 
+SPATIAL_CASES = [  # B, n_in, Co, |H|, Y, X, k, dilation
+    (3, 4, 2, 4, 9, 7, 7, 1),
+    (19, 1, 3, 4, 6, 5, 7, 1),  # lifting (n_in = 1); more samples than vector lanes
+    (2, 4, 1, 4, 1, 1, 7, 1),  # a 1 x 1 map
+    (2, 2, 2, 4, 8, 9, 3, 2),  # dilation 2
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SPATIAL_CASES, ids=str)
+def test_native_spatial_attention_equals_torch(full_native, dtype, case, monkeypatch):
+    """The fused spatial map, sigmoid and weighting (and their one backward) = planewise conv, sigmoid, sum."""
+    b, n_in, co, h, y, x, k, d = case
+    summed = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True)
+    maximum = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True)
+    bank = torch.randn(n_in * co * h, 2, k, k, dtype=dtype, requires_grad=True)
+    got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d)
+    monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
+    want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d)
+    same(got, want, dtype)
+    same(got_a, want_a, dtype)
+    assert not got_a.requires_grad
+    g = torch.randn_like(want)
+    wanted = torch.autograd.grad(want, [summed, maximum, bank], g)
+    for a, b_ in zip(torch.autograd.grad(got, [summed, maximum, bank], g), wanted, strict=True):
+        same(a, b_, dtype)
+
+
 CONV_CASES = [  # B, Ci, L, Y, X, Co, |H|, k, stride, padding, dilation
     (2, 3, 4, 9, 9, 5, 4, 3, 1, 0, 1),
     (2, 3, 1, 12, 11, 10, 4, 3, 1, 1, 1),  # lifting

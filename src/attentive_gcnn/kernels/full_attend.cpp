@@ -11,7 +11,8 @@
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
 //   gradients;
 // - channel_stats_backward: the gradients of sum_c a ft and of max_c a ft together (stride 1).
-// - weighted_sum_forward / weighted_sum_backward: sum_l sigmoid(logits) summed, the spatial attention's weighting.
+// - weighted_sum_forward: sum_l sigmoid(logits) summed, the spatial attention's weighting; attention_map_backward:
+//   the backward of the spatial attention's conv, sigmoid and weighting together.
 //
 // xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. The vector code
 // uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile to whatever SIMD the target
@@ -21,6 +22,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -508,6 +510,95 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
   return {grad_inputs, grad_w};
 }
 
+
+// The backward of the spatial attention's map and weighting, fused: with logits = planewise conv of (summed,
+// maximum) by w (planes p = (l, q), 'same' padding), a = sigmoid(logits) (saved) and out[b, q] = sum_l a summed,
+// given grad_out [B, Q, Y, X]: the logits' gradient g a (1 - a) summed is formed in the lane tiles (never stored),
+// and grad_summed = g a + its planewise input gradient, grad_maximum, grad_w. summed, maximum, a: [B, L * Q, Y, X]
+// (planes l-major), w [L * Q, 2, k, k].
+std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out_, const Tensor& summed,
+                                                          const Tensor& maximum, const Tensor& a, const Tensor& w,
+                                                          int64_t L, int64_t dilation, bool need_x, bool need_w) {
+  const PlaneGeometry g = planewise_geometry({summed, maximum}, w, dilation);
+  TORCH_CHECK(g.Yo == g.Y && g.Xo == g.X, "attention map: the spatial kernel must keep the map's size (odd k)");
+  check(a, summed, "a");
+  TORCH_CHECK(a.sizes() == summed.sizes(), "attention map: a must have the shape of summed");
+  const Tensor grad_out = grad_out_.contiguous();
+  check(grad_out, summed, "grad_out");
+  const int64_t Q = g.P / L, YX = g.Y * g.X;
+  TORCH_CHECK(L * Q == g.P && grad_out.numel() == g.B * Q * YX, "attention map: grad_out must be [B, Q, Y, X]");
+  Tensor grad_summed = need_x ? at::empty_like(summed) : Tensor();
+  Tensor grad_maximum = need_x ? at::empty_like(maximum) : Tensor();
+  Tensor grad_w = need_w ? at::empty_like(w) : Tensor();
+  if (!need_x && !need_w) return {grad_summed, grad_maximum, grad_w};
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "attention_map_backward", [&] {
+    using T = scalar_t;
+    using V = typename Simd<T>::V;
+    constexpr int n = Simd<T>::n;
+    const T *gp = grad_out.data_ptr<T>(), *sp = summed.data_ptr<T>(), *mp = maximum.data_ptr<T>();
+    const T *ap = a.data_ptr<T>(), *wp = w.data_ptr<T>();
+    const std::array<const T*, 2> in{sp, mp};
+    std::array<T*, 2> gi{need_x ? grad_summed.data_ptr<T>() : nullptr, need_x ? grad_maximum.data_ptr<T>() : nullptr};
+    T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
+    const int64_t kk = g.k * g.k, S = 2;
+    const int64_t dpad = g.d * (g.k - 1) - g.pad;
+    const int R = lane_block(g.X);
+    const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
+    const int64_t x_rows = g.Y + g.d * (g.k - 1), x_cols = g.X + g.d * (g.k - 1);
+    // pass 0: the input gradients; pass 1: the filter gradient (see planewise_backward)
+    for (int pass = need_x ? 0 : 1; pass < (need_w ? 2 : 1); ++pass) {
+      at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
+        LaneTiles<T> lt, xt;
+        lt.shape(1, g_rows, g_cols);
+        if (pass == 1) xt.shape(S, x_rows, x_cols);
+        std::vector<T> buf(pass == 0 ? YX * n : 0), flipped(S * kk), go(YX * n), av(YX * n), sv(YX * n);
+        std::vector<V> dW(pass == 1 ? S * kk : 0);
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t q = p % Q;
+          const T* wpl = wp + p * S * kk;
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
+          std::fill(dW.begin(), dW.end(), V{});
+          for (int64_t b0 = 0; b0 < g.B; b0 += n) {
+            const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+            const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
+            to_lanes<T>(go.data(), gp + (b0 * Q + q) * YX, Q * YX, lanes, YX);
+            to_lanes<T>(av.data(), ap + plane, stride_b, lanes, YX);
+            to_lanes<T>(sv.data(), sp + plane, stride_b, lanes, YX);
+            // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
+            T* lg = lt.tile(0);
+            for (int64_t y = 0; y < g.Y; ++y) {
+              for (int64_t x = 0; x < g.X; ++x) {
+                const int64_t i = (y * g.X + x) * n;
+                const V av_ = loadu<V>(av.data() + i);
+                storeu(lg + ((y + dpad) * g_cols + x + dpad) * n,
+                       loadu<V>(go.data() + i) * loadu<V>(sv.data() + i) * av_ * (T(1) - av_));
+              }
+            }
+            if (pass == 0) {
+              for (int64_t s = 0; s < S; ++s) {
+                lane_correlate_any<T>(R, lt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Y, g.Y, g.X,
+                                      buf.data());
+                if (s == 0) {  // + g a, the weighting's gradient
+                  for (int64_t i = 0; i < YX * n; i += n)
+                    storeu(buf.data() + i, loadu<V>(buf.data() + i) + loadu<V>(go.data() + i) * loadu<V>(av.data() + i));
+                }
+                from_lanes<T>(gi[s] + plane, buf.data(), lanes, YX, stride_b);
+              }
+            } else {
+              for (int64_t s = 0; s < S; ++s) xt.fill(s, in[s] + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
+              lane_weight_grad_any<T>(xt, S, lt, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Y, g.X, dW.data());
+            }
+          }
+          if (pass == 1) {
+            for (int64_t i = 0; i < S * kk; ++i) dwp[p * S * kk + i] = hsum<T>(dW[i], n);
+          }
+        }
+      });
+    }
+  });
+  return {grad_summed, grad_maximum, grad_w};
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Intermediate responses ft[b, q, c, l, y, x] = sum_t bank[q, c, l, t] xin[b, (c, l), y s + d ty - p, x s + d tx - p]
@@ -1394,9 +1485,8 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
   return {grad_x, grad_w, grad_a};
 }
 
-// The spatial attention's weighting: out[b, m] = sum_l a[b, l, m] summed[b, l, m] with a = sigmoid(logits), and its
-// backward, for a, summed [B, L, M] (M = Co * |H| * Yo * Xo) and out [B, M]. The backward gives d summed = g a and
-// d logits = g summed a (1 - a) in one pass, from a (saved in forward) and summed.
+// The spatial attention's weighting: out[b, m] = sum_l a[b, l, m] summed[b, l, m] (a = sigmoid(logits)), for a,
+// summed [B, L, M] (M = Co * |H| * Yo * Xo) and out [B, M]; its backward is part of attention_map_backward.
 Tensor weighted_sum_forward(const Tensor& a, const Tensor& summed) {
   TORCH_CHECK(a.dim() >= 2 && a.sizes() == summed.sizes(), "a and summed must be [B, L, ...] of one shape");
   check(a, a, "a");
@@ -1427,38 +1517,13 @@ Tensor weighted_sum_forward(const Tensor& a, const Tensor& summed) {
   return out;
 }
 
-std::tuple<Tensor, Tensor> weighted_sum_backward(const Tensor& grad_, const Tensor& a, const Tensor& summed) {
-  const Tensor grad = grad_.contiguous();
-  check(grad, a, "grad");
-  const int64_t B = a.size(0), L = a.size(1), M = a.numel() / std::max<int64_t>(B * L, 1);
-  TORCH_CHECK(grad.numel() == B * M, "grad must be [B, ...] of the output's shape");
-  Tensor grad_summed = at::empty_like(summed), grad_logits = at::empty_like(a);
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "weighted_sum_backward", [&] {
-    using T = scalar_t;
-    const T *gp = grad.data_ptr<T>(), *ap = a.data_ptr<T>(), *sp = summed.data_ptr<T>();
-    T *dsp = grad_summed.data_ptr<T>(), *dlp = grad_logits.data_ptr<T>();
-    at::parallel_for(0, B * L, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bl = begin; bl < end; ++bl) {
-        const T* g = gp + (bl / L) * M;
-        const T *al = ap + bl * M, *sl = sp + bl * M;
-        T *ds = dsp + bl * M, *dl = dlp + bl * M;
-        for (int64_t m = 0; m < M; ++m) {
-          ds[m] = g[m] * al[m];
-          dl[m] = g[m] * sl[m] * al[m] * (T(1) - al[m]);
-        }
-      }
-    });
-  });
-  return {grad_summed, grad_logits};
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("planewise_forward", &planewise_forward);
   m.def("planewise_backward", &planewise_backward);
+  m.def("attention_map_backward", &attention_map_backward);
   m.def("weighted_sum_forward", &weighted_sum_forward);
-  m.def("weighted_sum_backward", &weighted_sum_backward);
   m.def("spatial_argmax", &spatial_argmax);
   m.def("spatial_max_backward", &spatial_max_backward);
   m.def("channel_argmax", &channel_argmax);

@@ -117,17 +117,15 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
 
-    def lmajor_logits(self, summed: Tensor, maximum: Tensor, mean_scale: float, o: slice = slice(None)) -> Tensor:
-        """The map's logits (before the sigmoid) from l-major statistics: the channel mean ``mean_scale * summed``
-        and ``maximum``, each ``[B, n_in, Co', |H|, X, Y]`` (output channels ``o``) -> same shape, with
-        :func:`~attentive_gcnn.nn.attention.lean.planewise_conv` (same function, faster on CPUs). The scale is
-        applied to the mean's filters, not to ``summed``."""
-        b, n_in, co, n_h, x, y = summed.shape
+    def lmajor_bank(self, mean_scale: float, o: slice = slice(None)) -> Tensor:
+        """The kernels of output channels ``o`` for l-major statistics ``[B, n_in, Co', |H|, X, Y]``: ``[(l, o, j),
+        stat, k, k]``, for :func:`~attentive_gcnn.nn.attention.lean.spatial_attention_sum` (same function as
+        :meth:`from_stats`, faster on CPUs). The mean's kernels carry ``mean_scale`` (the channel mean's 1 / Ci),
+        so that the statistic is the channel sum."""
         k = self.kernel_size
-        bank = self._bank(o).permute(3, 0, 1, 2, 4, 5).reshape(n_in * co * n_h, 2, k, k)  # [(l, o, j), stat]
-        bank = bank * bank.new_tensor([mean_scale, 1.0]).view(1, 2, 1, 1)
-        logits = lean.planewise_conv([summed.flatten(1, 3), maximum.flatten(1, 3)], bank, self.dilation)
-        return logits.view(b, n_in, co, n_h, x, y)
+        bank = self._bank(o)  # [Co', H, 2, n_in, k, k]
+        bank = bank.permute(3, 0, 1, 2, 4, 5).reshape(-1, 2, k, k)  # [(l, o, j), stat]
+        return bank * bank.new_tensor([mean_scale, 1.0]).view(1, 2, 1, 1)
 
 
 class AttGConv(GConv):
@@ -306,8 +304,8 @@ class AttGConv(GConv):
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
-        logits = sa.lmajor_logits(summed, maximum, 1.0 / self.in_channels, o)
-        out, a_x = lean.sigmoid_weighted_sum(logits, summed)  # sum_l a_X G_l
+        bank_x = sa.lmajor_bank(1.0 / self.in_channels, o)
+        out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation)  # sum_l a_X G_l
         if plain is not None:
             out = plain - out  # else _lean subtracts it from the plain conv
         if sa.keep_map:

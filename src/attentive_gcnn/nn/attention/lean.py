@@ -13,7 +13,7 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
 
 The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max passes, the maxima's
 and the channel sum's gradients (:class:`NativeSpatialMax`, :class:`NativeChannelStats`), the spatial-attention
-conv and its weighting (:func:`sigmoid_weighted_sum`) run as fused kernels (``kernels/full_attend.cpp``,
+conv and its weighting (:func:`spatial_attention_sum`) run as fused kernels (``kernels/full_attend.cpp``,
 :func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to round-off.
 :class:`~attentive_gcnn.nn.attention.full.AttGConv` puts these together over chunks of output channels.
 
@@ -436,32 +436,58 @@ def native_kernels(t: Tensor):
     return None
 
 
-def sigmoid_weighted_sum(logits: Tensor, summed: Tensor) -> tuple[Tensor, Tensor]:
-    """``(sum_l a * summed, a)`` with ``a = sigmoid(logits)``; ``logits, summed [B, n_in, ...]`` -> ``[B, ...]``
-    and ``a`` (no gradient flows through the returned ``a``). The weighting and its backward are fused kernels
-    (:class:`NativeSigmoidWeightedSum`) where :func:`native_kernels` has them, else torch ops."""
-    if native_kernels(logits) is not None:
-        a = torch.sigmoid(logits.detach())
-        return NativeSigmoidWeightedSum.apply(logits, summed, a), a
+def spatial_attention_sum(summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
+    """``(sum_l a * summed, a)`` with ``a = sigmoid(logits)``, ``logits = planewise_conv([summed, maximum], bank)``:
+    the spatial attention map of the full attention and its weighting of the channel sums.
+
+    ``summed, maximum [B, n_in, Co', |H|, X, Y]`` (l-major), ``bank [(l, o, j), 2, k, k]`` (odd k) -> ``[B, Co',
+    |H|, X, Y]`` and ``a`` (the shape of ``summed``; no gradient flows through it). :class:`NativeSpatialAttention`
+    where :func:`native_kernels` has the fused kernels, else :func:`planewise_conv` and torch ops.
+    """
+    if native_kernels(bank) is not None:
+        out, a = NativeSpatialAttention.apply(summed, maximum, bank, dilation)
+        return out, a
+    logits = planewise_conv([summed.flatten(1, 3), maximum.flatten(1, 3)], bank, dilation).view_as(summed)
     a = torch.sigmoid(logits)
     return (a * summed).sum(dim=1), a.detach()
 
 
-class NativeSigmoidWeightedSum(torch.autograd.Function):
-    """``sum_l a * summed`` given ``a = sigmoid(logits)``: arguments ``(logits, summed, a)``. Saves ``a`` and
-    ``summed``; the backward gives the gradients of ``summed`` and ``logits`` in one fused pass."""
+class NativeSpatialAttention(torch.autograd.Function):
+    """:func:`spatial_attention_sum` as fused kernels: the planewise conv (``planewise_forward``), ``torch.sigmoid``
+    and the weighting (``weighted_sum_forward``); the backward is one kernel (``attention_map_backward``) that forms
+    the logits' gradient in its tiles and adds the weighting's gradient of ``summed`` to the conv's. Arguments
+    ``(summed, maximum, bank, dilation)``; returns ``(out, a)``, ``a`` not differentiable."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, summed: Tensor, a: Tensor) -> Tensor:
-        summed = summed.contiguous()
-        ctx.save_for_backward(a, summed)
-        return native_kernels(a).weighted_sum_forward(a, summed)
+    def forward(ctx, summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
+        kernels = native_kernels(bank)
+        summed, maximum, bank = summed.contiguous(), maximum.contiguous(), bank.contiguous()
+        planes = [summed.flatten(1, 3), maximum.flatten(1, 3)]
+        a = torch.sigmoid(kernels.planewise_forward(planes, bank, dilation)).view_as(summed)
+        out = kernels.weighted_sum_forward(a, summed)
+        ctx.save_for_backward(summed, maximum, a, bank)
+        ctx.dilation, ctx.kernels = dilation, kernels
+        ctx.mark_non_differentiable(a)
+        return out, a
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, summed = ctx.saved_tensors
-        grad_summed, grad_logits = native_kernels(a).weighted_sum_backward(grad, a, summed)
-        return grad_logits, grad_summed, None
+    def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
+        summed, maximum, a, bank = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_summed, grad_maximum, grad_bank = ctx.kernels.attention_map_backward(
+            grad,
+            summed.flatten(1, 3),
+            maximum.flatten(1, 3),
+            a.flatten(1, 3),
+            bank,
+            summed.shape[1],
+            ctx.dilation,
+            need_x,
+            ctx.needs_input_grad[2],
+        )
+        if need_x:
+            grad_summed, grad_maximum = grad_summed.view_as(summed), grad_maximum.view_as(maximum)
+        return grad_summed, grad_maximum, grad_bank, None
 
 
 def planewise_conv(planes: list[Tensor], w: Tensor, dilation: int) -> Tensor:
