@@ -468,11 +468,14 @@ class NativeSpatialAttention(torch.autograd.Function):
         ctx.save_for_backward(summed, maximum, a, bank)
         ctx.dilation, ctx.kernels = dilation, kernels
         ctx.mark_non_differentiable(a)
+        ctx.set_materialize_grads(False)  # no zero tensor for a's gradient
         return out, a
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
         summed, maximum, a, bank = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_summed, grad_maximum, grad_bank = ctx.kernels.attention_map_backward(
             grad,
