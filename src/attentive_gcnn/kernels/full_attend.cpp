@@ -26,12 +26,13 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace {
 #ifndef STRIP_KB
-#define STRIP_KB 24
+#define STRIP_KB 64
 #endif
 
 using at::Tensor;
@@ -259,10 +260,10 @@ struct LaneTiles {
 // out[y][x][:] = sum_{i < SI} sum_{ty, tx} W[i, ty, tx] in_i[y + d ty][x + d tx][:] for y < Yo, x < Xo, over
 // lane tiles (cols >= Xo rounded up to R, plus d (k - 1)); rows of the tiles outside [r_lo, r_hi) are zero and
 // skipped. R outputs of a row at a time; with a compile-time K and dilation 1, each input vector is loaded once
-// for the R outputs it reaches.
+// for the R outputs it reaches. accumulate: out += instead of out =.
 template <typename T, int K, int R>
 void lane_correlate(const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, int64_t k, int64_t d, int64_t r_lo,
-                    int64_t r_hi, int64_t Yo, int64_t Xo, T* out) {
+                    int64_t r_hi, int64_t Yo, int64_t Xo, T* out, bool accumulate) {
   using V = typename Simd<T>::V;
   constexpr int n = Simd<T>::n;
   const int64_t cols = in.cols, kk = k * k;
@@ -300,7 +301,10 @@ void lane_correlate(const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, 
         }
       }
       const int nr = static_cast<int>(std::min<int64_t>(R, Xo - x0));
-      for (int r = 0; r < nr; ++r) storeu(out + (y * Xo + x0 + r) * n, acc[r]);
+      for (int r = 0; r < nr; ++r) {
+        T* o = out + (y * Xo + x0 + r) * n;
+        storeu(o, accumulate ? loadu<V>(o) + acc[r] : acc[r]);
+      }
     }
   }
 }
@@ -318,28 +322,29 @@ inline int lane_block(int64_t Xo) {
 
 template <typename T, int K>
 void lane_correlate_r(int R, const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, int64_t k, int64_t d,
-                      int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo, T* out) {
+                      int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo, T* out, bool accumulate) {
   switch (R) {
-    case 1: lane_correlate<T, K, 1>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 2: lane_correlate<T, K, 2>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 3: lane_correlate<T, K, 3>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 4: lane_correlate<T, K, 4>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 5: lane_correlate<T, K, 5>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 6: lane_correlate<T, K, 6>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 7: lane_correlate<T, K, 7>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    default: lane_correlate<T, K, 8>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 1: lane_correlate<T, K, 1>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 2: lane_correlate<T, K, 2>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 3: lane_correlate<T, K, 3>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 4: lane_correlate<T, K, 4>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 5: lane_correlate<T, K, 5>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 6: lane_correlate<T, K, 6>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 7: lane_correlate<T, K, 7>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    default: lane_correlate<T, K, 8>(in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
   }
 }
 
 // lane_correlate with the kernel size dispatched to a compile-time one where it has one.
 template <typename T>
 void lane_correlate_any(int R, const LaneTiles<T>& in, int64_t i0, int64_t SI, const T* W, int64_t k, int64_t d,
-                        int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo, T* out) {
+                        int64_t r_lo, int64_t r_hi, int64_t Yo, int64_t Xo, T* out,
+                        bool accumulate = false) {
   switch (k) {
-    case 3: lane_correlate_r<T, 3>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 5: lane_correlate_r<T, 5>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    case 7: lane_correlate_r<T, 7>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
-    default: lane_correlate_r<T, 0>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out); break;
+    case 3: lane_correlate_r<T, 3>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 5: lane_correlate_r<T, 5>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    case 7: lane_correlate_r<T, 7>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
+    default: lane_correlate_r<T, 0>(R, in, i0, SI, W, k, d, r_lo, r_hi, Yo, Xo, out, accumulate); break;
   }
 }
 
@@ -1177,123 +1182,106 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
 // input gradient gx_c[p + off_t] += a bank[t] D[p] in the tile. The filter gradient sum_b a corr and the gradient
 // of a, sum_t bank corr, are formed here from the per-lane correlations.
 // ---------------------------------------------------------------------------------------------------------------
-// One channel c and QB filters q over output rows [y0, y1): with D_q = grad_sum_q + [c* = c] grad_max_q (vector
-// selects), corr[q][t] += D_q[p] x_c[p + off_t] and, if need_x, gx_c[p + off_t] += bank_q[t] (a_q D_q[p] + P_q[p]),
-// for every position p. x, gx: lane tiles of channel c; gs, gm, chan: lane tiles [Yo * Xo][n] of each filter (gs or
-// gm null where that gradient is absent). PLAIN: P_q = gp[q] is the gradient of the plain sum sum_{c, l} ft, and
-// corrp[q][t] += P_q[p] x_c[p + off_t]. KK: the number of taps at compile time (0: kk at run time).
-template <typename T, int KK, int QB, bool PLAIN>
-void lane_stats_rows(const T* x, T* gx, const T* const* gs, const T* const* gm,
-                     const typename Simd<T>::I* const* chan, const T* const* gp, int64_t c, const T* const* bank,
-                     const typename Simd<T>::V* av, const int64_t* off, int64_t kk_rt, int64_t y0, int64_t y1,
-                     int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr,
-                     typename Simd<T>::V* const* corrp) {
+// One channel c and one filter q, over all output positions p: with D = grad_sum + [c* = c] grad_max (a vector
+// select) and G = grad_plain (PLAIN), corr[t] += D[p] x_c[p + off_t], corrp[t] += G[p] x_c[p + off_t] and, if e is
+// not null, e[p] = a D[p] + G[p], the gradient reaching ft[q, c] (row y of the rows [y0, y1) at row y - y0 of e). x: the lane
+// tile of channel c; gs, gm, chan, gp: lane tiles [Yo * Xo][n] of filter q (gs or gm null where absent). KK: the
+// number of taps at compile time (0: kk at run time).
+template <typename T, int KK, bool PLAIN, typename CH>
+void lane_stats_pass(const T* x, const T* gs, const T* gm, const CH* chan, const T* gp, int64_t c,
+                     typename Simd<T>::V av, const int64_t* off, int64_t kk_rt, int64_t y0, int64_t y1, int64_t Xo,
+                     int64_t cols, T* e, int64_t e_cols, typename Simd<T>::V* corr, typename Simd<T>::V* corrp) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   constexpr int n = Simd<T>::n;
-  const I cv = I{} + static_cast<typename Simd<T>::Index>(c);
-  const auto gradient = [&](int qb, int64_t p) {
-    V D = gs[qb] ? loadu<V>(gs[qb] + p * n) : V{};
-    if (gm[qb]) D += loadu<I>(chan[qb] + p) == cv ? loadu<V>(gm[qb] + p * n) : V{};
-    return D;
-  };
+  constexpr int K = KK > 0 ? KK : 1;
+  const int64_t kk = KK > 0 ? KK : kk_rt;
+  typedef CH Won __attribute__((vector_size(n * sizeof(CH))));  // the winning channels of the n lanes
+  const Won cv = Won{} + static_cast<CH>(c);
+  V acc[K], accp[PLAIN ? K : 1];
+  int64_t o[K];
   if constexpr (KK > 0) {
-    // local copies: the stores to gx may not alias them, so they stay in registers
-    constexpr int QP = PLAIN ? QB : 1;
-    V acc[QB][KK], a[QB], accp[QP][KK];
-    T w[QB][KK];
-    const T* gsq[QB];
-    const T* gmq[QB];
-    const T* gpq[QB];
-    const typename Simd<T>::I* chq[QB];
-    for (int qb = 0; qb < QB; ++qb) {
-      for (int t = 0; t < KK; ++t) {
-        acc[qb][t] = corr[qb][t];
-        w[qb][t] = bank[qb][t];
-        if constexpr (PLAIN) accp[qb][t] = corrp[qb][t];
-      }
-      a[qb] = av[qb];
-      gsq[qb] = gs[qb];
-      gmq[qb] = gm[qb];
-      gpq[qb] = PLAIN ? gp[qb] : nullptr;
-      chq[qb] = chan[qb];
+    for (int t = 0; t < KK; ++t) {
+      acc[t] = corr[t];
+      if constexpr (PLAIN) accp[t] = corrp[t];
+      o[t] = off[t];
     }
-    int64_t o[KK];
-    for (int t = 0; t < KK; ++t) o[t] = off[t];
-    for (int64_t y = y0; y < y1; ++y) {
-      for (int64_t xo = 0; xo < Xo; ++xo) {
-        const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
-        V D[QB], aD[QB], Pq[QP];
-        for (int qb = 0; qb < QB; ++qb) {
-          D[qb] = gsq[qb] ? loadu<V>(gsq[qb] + p * n) : V{};
-          if (gmq[qb]) D[qb] += loadu<I>(chq[qb] + p) == cv ? loadu<V>(gmq[qb] + p * n) : V{};
-          aD[qb] = a[qb] * D[qb];
-          if constexpr (PLAIN) {
-            Pq[qb] = loadu<V>(gpq[qb] + p * n);
-            aD[qb] += Pq[qb];
+  }
+  const auto gradient = [&](int64_t y, int64_t xo, V& D, V& G) {
+    const int64_t p = y * Xo + xo;
+    D = gs ? loadu<V>(gs + p * n) : V{};
+    if (gm) D += __builtin_convertvector(loadu<Won>(chan + p * n) == cv, I) ? loadu<V>(gm + p * n) : V{};
+    G = PLAIN ? loadu<V>(gp + p * n) : V{};
+    if (e) storeu(e + ((y - y0) * e_cols + xo) * n, av * D + G);
+  };
+  constexpr int KS = KK == 9 ? 3 : (KK == 16 ? 4 : 0);  // square filters of KS x KS taps
+  if constexpr (KS > 0) {
+    if (o[1] == n) {  // dilation 1: a window of KS x KS inputs slides along the row, one new column per position
+      const int64_t row = o[KS];  // the offset of the next filter row
+      for (int64_t y = y0; y < y1; ++y) {
+        const T* base = x + y * cols * n;
+        V win[KS][KS];
+        for (int ty = 0; ty < KS; ++ty)
+          for (int tx = 0; tx + 1 < KS; ++tx) win[ty][tx + 1] = loadu<V>(base + ty * row + tx * n);
+        for (int64_t xo = 0; xo < Xo; ++xo) {
+          V D, G;
+          gradient(y, xo, D, G);
+          for (int ty = 0; ty < KS; ++ty) {
+            for (int tx = 0; tx + 1 < KS; ++tx) win[ty][tx] = win[ty][tx + 1];
+            win[ty][KS - 1] = loadu<V>(base + ty * row + (xo + KS - 1) * n);
           }
-        }
-#pragma GCC unroll 16
-        for (int t = 0; t < KK; ++t) {
-          const V xv = loadu<V>(x + at + o[t]);
-          for (int qb = 0; qb < QB; ++qb) {
-            acc[qb][t] += D[qb] * xv;
-            if constexpr (PLAIN) accp[qb][t] += Pq[qb] * xv;
-          }
-        }
-        if (need_x) {
-#pragma GCC unroll 16
-          for (int t = 0; t < KK; ++t) {
-            T* gp = gx + at + o[t];
-            V gv = loadu<V>(gp);
-            for (int qb = 0; qb < QB; ++qb) gv += w[qb][t] * aD[qb];
-            storeu(gp, gv);
-          }
-        }
-      }
-    }
-    for (int qb = 0; qb < QB; ++qb) {
-      for (int t = 0; t < KK; ++t) {
-        corr[qb][t] = acc[qb][t];
-        if constexpr (PLAIN) corrp[qb][t] = accp[qb][t];
-      }
-    }
-  } else {
-    for (int64_t y = y0; y < y1; ++y) {
-      for (int64_t xo = 0; xo < Xo; ++xo) {
-        const int64_t p = y * Xo + xo, at = (y * cols + xo) * n;
-        for (int qb = 0; qb < QB; ++qb) {
-          const V D = gradient(qb, p), Pq = PLAIN ? loadu<V>(gp[qb] + p * n) : V{}, aD = av[qb] * D + Pq;
-          for (int64_t t = 0; t < kk_rt; ++t) {
-            const V xv = loadu<V>(x + at + off[t]);
-            corr[qb][t] += D * xv;
-            if constexpr (PLAIN) corrp[qb][t] += Pq * xv;
-            if (need_x) {
-              T* gp = gx + at + off[t];
-              storeu(gp, loadu<V>(gp) + bank[qb][t] * aD);
+          for (int ty = 0; ty < KS; ++ty) {
+            for (int tx = 0; tx < KS; ++tx) {
+              acc[ty * KS + tx] += D * win[ty][tx];
+              if constexpr (PLAIN) accp[ty * KS + tx] += G * win[ty][tx];
             }
           }
         }
       }
+      for (int t = 0; t < KK; ++t) {
+        corr[t] = acc[t];
+        if constexpr (PLAIN) corrp[t] = accp[t];
+      }
+      return;
+    }
+  }
+  for (int64_t y = y0; y < y1; ++y) {
+    for (int64_t xo = 0; xo < Xo; ++xo) {
+      const int64_t at = (y * cols + xo) * n;
+      V D, G;
+      gradient(y, xo, D, G);
+      if constexpr (KK > 0) {
+#pragma GCC unroll 16
+        for (int t = 0; t < KK; ++t) {
+          const V xv = loadu<V>(x + at + o[t]);
+          acc[t] += D * xv;
+          if constexpr (PLAIN) accp[t] += G * xv;
+        }
+      } else {
+        for (int64_t t = 0; t < kk; ++t) {
+          const V xv = loadu<V>(x + at + off[t]);
+          corr[t] += D * xv;
+          if constexpr (PLAIN) corrp[t] += G * xv;
+        }
+      }
+    }
+  }
+  if constexpr (KK > 0) {
+    for (int t = 0; t < KK; ++t) {
+      corr[t] = acc[t];
+      if constexpr (PLAIN) corrp[t] = accp[t];
     }
   }
 }
 
-template <typename T, int KK>
-void lane_stats_rows_q(int qb, const T* x, T* gx, const T* const* gs, const T* const* gm,
-                       const typename Simd<T>::I* const* chan, const T* const* gp, int64_t c, const T* const* bank,
-                       const typename Simd<T>::V* av, const int64_t* off, int64_t kk, int64_t y0, int64_t y1,
-                       int64_t Xo, int64_t cols, bool need_x, typename Simd<T>::V* const* corr,
-                       typename Simd<T>::V* const* corrp) {
-  if (gp) {
-    lane_stats_rows<T, KK, 1, true>(x, gx, gs, gm, chan, gp, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr,
-                                    corrp);
-  } else if (qb == 2) {
-    lane_stats_rows<T, KK, 2, false>(x, gx, gs, gm, chan, gp, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr,
-                                     corrp);
+template <typename T, int KK, typename CH>
+void lane_stats_pass_any(bool plain, const T* x, const T* gs, const T* gm, const CH* chan, const T* gp, int64_t c,
+                         typename Simd<T>::V av, const int64_t* off, int64_t kk, int64_t y0, int64_t y1, int64_t Xo,
+                         int64_t cols, T* e, int64_t e_cols, typename Simd<T>::V* corr, typename Simd<T>::V* corrp) {
+  if (plain) {
+    lane_stats_pass<T, KK, true, CH>(x, gs, gm, chan, gp, c, av, off, kk, y0, y1, Xo, cols, e, e_cols, corr, corrp);
   } else {
-    lane_stats_rows<T, KK, 1, false>(x, gx, gs, gm, chan, gp, c, bank, av, off, kk, y0, y1, Xo, cols, need_x, corr,
-                                     corrp);
+    lane_stats_pass<T, KK, false, CH>(x, gs, gm, chan, gp, c, av, off, kk, y0, y1, Xo, cols, e, e_cols, corr, corrp);
   }
 }
 
@@ -1361,114 +1349,111 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
     const int64_t rows = g.Yo + g.d * (g.k - 1), cols = g.Xo + g.d * (g.k - 1);
     std::vector<int64_t> off(kk);  // each tap's offset in a tile, in elements
     for (int64_t t = 0; t < kk; ++t) off[t] = (g.d * (t / g.k) * cols + g.d * (t % g.k)) * n;
+    // per filter q and channel c: one pass over the positions gives the correlations and the gradient e reaching
+    // ft[q, c] (into a zero-padded tile), then grad_x_c += e correlated with the flipped filter, over the padded
+    // input's rows and columns (one read-modify-write per input position, not one per tap). Filters outermost: the
+    // gradient tiles of one filter stay in the cache while the channels go by.
+    const int64_t halo = g.d * (g.k - 1), R = lane_block(cols);
+    // output rows per strip: one filter's four gradient planes of a strip in about 16 KiB
+    const int64_t strip = std::max<int64_t>(1, std::min(g.Yo, STRIP_KB * 1024 / (4 * g.Xo * n * (int64_t)sizeof(T))));
+    const int64_t e_rows = strip + 2 * halo, e_cols = round_up(cols, R) + halo;
     const int threads = at::get_num_threads();
     std::vector<V> partial(need_w ? threads * QCL * kk : 0, V{});  // per-thread filter gradients, lane-wise
     at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
       V* dw = need_w ? partial.data() + at::get_thread_num() * QCL * kk : nullptr;
-      LaneTiles<T> xt, gxt;
+      LaneTiles<T> xt, et;
       xt.shape(g.Ci, rows, cols);
-      if (need_x) gxt.shape(g.Ci, rows, cols);
-      std::vector<T> gs(gsp ? g.Q * P * n : 0), gm(gmp ? g.Q * P * n : 0), av(g.Q * g.Ci * n, T(1));
-      std::vector<T> gpl(gpp ? g.Q * P * n : 0);
-      std::vector<I> chan(gmp ? g.Q * P : 0);
-      std::vector<V> corr(g.Q * g.Ci * kk), corrp(gpp ? g.Q * g.Ci * kk : 0);
-      // output rows per strip: the strip's rows of one channel's input and gradient tiles and of two filters'
-      // gradient tiles stay in the L1 cache while the filters and channels go by
-      const int64_t row_bytes = cols * n * sizeof(T), strip_budget = STRIP_KB * 1024;
-      const int64_t strip = std::max<int64_t>(
-          1, (strip_budget - 2 * g.d * (g.k - 1) * row_bytes) / (2 * row_bytes + 6 * g.Xo * n * (int64_t)sizeof(T)));
+      if (need_x) et.shape(1, e_rows, e_cols);
+      std::vector<T> gs(gsp ? P * n : 0), gm(gmp ? P * n : 0), gpl(gpp ? P * n : 0), av(g.Q * g.Ci * n, T(1));
+      std::vector<T> gx(need_x ? g.Ci * rows * cols * n : 0), interior(need_x ? g.Yi * g.Xi * n : 0), flipped(kk);
+      std::vector<uint8_t> chan8(c8 ? P * n : 0);  // the winning channels as lane tiles, in their own type
+      std::vector<int32_t> chan32(c32 ? P * n : 0);
+      std::vector<V> corr(g.Ci * kk), corrp(g.Ci * kk);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t l = item / blocks, b0 = (item % blocks) * n;
         const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
         for (int64_t c = 0; c < g.Ci; ++c)
           xt.fill(c, xp + (b0 * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi, g.Ci * g.L * g.Yi * g.Xi, lanes, g.Yi, g.Xi,
                   g.pad, g.pad);
-        if (need_x) std::fill(gxt.data.begin(), gxt.data.end(), T(0));
         if (ap) {  // av[q, c] = a[b0 + j, q, c, l] over the lanes j
-          for (int64_t qc = 0; qc < g.Q * g.Ci; ++qc)
-            for (int j = 0; j < n; ++j) av[qc * n + j] = j < lanes ? ap[(b0 + j) * QCL + qc * g.L + l] : T(0);
-        }
-        for (int64_t q = 0; q < g.Q; ++q) {  // every filter's gradient planes as lane tiles
-          const int64_t src = (b0 * g.L + l) * g.Q * P + q * P, stride = g.L * g.Q * P;
-          if (gsp) to_lanes<T>(gs.data() + q * P * n, gsp + src, stride, lanes, P);
-          if (gmp) {
-            to_lanes<T>(gm.data() + q * P * n, gmp + src, stride, lanes, P);
-            Index* ch = reinterpret_cast<Index*>(chan.data() + q * P);
-            if (c8) lanes_in<Index, uint8_t, n>(ch, c8 + src, stride, lanes, P);
-            else lanes_in<Index, int32_t, n>(ch, c32 + src, stride, lanes, P);
+          for (int j = 0; j < n; ++j) {
+            const T* aj = ap + (b0 + j) * QCL + l;
+            for (int64_t qc = 0; qc < g.Q * g.Ci; ++qc) av[qc * n + j] = j < lanes ? aj[qc * g.L] : T(0);
           }
-          if (gpp) to_lanes<T>(gpl.data() + q * P * n, gpp + (b0 * g.Q + q) * P, g.Q * P, lanes, P);
         }
-        std::fill(corr.begin(), corr.end(), V{});
-        std::fill(corrp.begin(), corrp.end(), V{});
-        for (int64_t y0 = 0; y0 < g.Yo; y0 += strip) {
-          const int64_t y1 = std::min(g.Yo, y0 + strip);
-          for (int64_t c = 0; c < g.Ci; ++c) {
-            const T* x = xt.tile(c);
-            T* gx = need_x ? gxt.tile(c) : nullptr;
-            for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
-              qb = std::min<int64_t>(kk <= 9 && !gpp ? 2 : 1, g.Q - q0);
-              const T* gsq[2];
-              const T* gmq[2];
-              const I* chq[2];
-              const T* gpq[2];
-              const T* bq[2];
-              V aq[2];
-              V* cq[2];
-              V* cpq[2];
-              for (int i = 0; i < qb; ++i) {
-                const int64_t q = q0 + i;
-                gsq[i] = gsp ? gs.data() + q * P * n : nullptr;
-                gmq[i] = gmp ? gm.data() + q * P * n : nullptr;
-                chq[i] = gmp ? chan.data() + q * P : nullptr;
-                gpq[i] = gpp ? gpl.data() + q * P * n : nullptr;
-                cpq[i] = gpp ? corrp.data() + (q * g.Ci + c) * kk : nullptr;
-                bq[i] = wp + (q * g.Ci * g.L + c * g.L + l) * kk;
-                aq[i] = loadu<V>(av.data() + (q * g.Ci + c) * n);
-                cq[i] = corr.data() + (q * g.Ci + c) * kk;
-              }
-              switch (kk) {
-                case 9: lane_stats_rows_q<T, 9>(qb, x, gx, gsq, gmq, chq, gpp ? gpq : nullptr, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq, cpq); break;
-                case 16: lane_stats_rows_q<T, 16>(qb, x, gx, gsq, gmq, chq, gpp ? gpq : nullptr, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq, cpq); break;
-                default: lane_stats_rows_q<T, 0>(qb, x, gx, gsq, gmq, chq, gpp ? gpq : nullptr, c, bq, aq, off.data(), kk, y0, y1, g.Xo, cols, need_x, cq, cpq); break;
+        std::fill(gx.begin(), gx.end(), T(0));
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const int64_t src = (b0 * g.L + l) * g.Q * P + q * P, stride = g.L * g.Q * P;
+          if (gsp) to_lanes<T>(gs.data(), gsp + src, stride, lanes, P);
+          if (gmp) {
+            to_lanes<T>(gm.data(), gmp + src, stride, lanes, P);
+            if (c8) lanes_in<uint8_t, uint8_t, n>(chan8.data(), c8 + src, stride, lanes, P);
+            else lanes_in<int32_t, int32_t, n>(chan32.data(), c32 + src, stride, lanes, P);
+          }
+          if (gpp) to_lanes<T>(gpl.data(), gpp + (b0 * g.Q + q) * P, g.Q * P, lanes, P);
+          const T* gsq = gsp ? gs.data() : nullptr;
+          const T* gmq = gmp ? gm.data() : nullptr;
+          const uint8_t* ch8 = c8 ? chan8.data() : nullptr;
+          const int32_t* ch32 = c32 ? chan32.data() : nullptr;
+          const T* gpq = gpp ? gpl.data() : nullptr;
+          // output rows in strips: a strip of the filter's gradient tiles stays in the L1 cache while the channels
+          // go by; each strip's e rows add their share of grad_x right away (the correlation is linear in e)
+          std::fill(corr.begin(), corr.end(), V{});
+          std::fill(corrp.begin(), corrp.end(), V{});
+          for (int64_t y0 = 0; y0 < g.Yo; y0 += strip) {
+            const int64_t y1 = std::min(g.Yo, y0 + strip);
+            for (int64_t c = 0; c < g.Ci; ++c) {
+              const T* w = wp + ((q * g.Ci + c) * g.L + l) * kk;
+              const V a_vec = loadu<V>(av.data() + (q * g.Ci + c) * n);
+              T* e = need_x ? et.tile(0) + (halo * e_cols + halo) * n : nullptr;
+              const T* x = xt.tile(c);
+              V* cr = corr.data() + c * kk;
+              V* crp = corrp.data() + c * kk;
+              const auto pass = [&](auto* chq) {  // the taps at compile time for 3 x 3 and 4 x 4 filters
+                using CH = std::remove_const_t<std::remove_pointer_t<decltype(chq)>>;
+                const auto run = [&](auto kk_ct) {
+                  lane_stats_pass_any<T, decltype(kk_ct)::value, CH>(gpp, x, gsq, gmq, chq, gpq, c, a_vec, off.data(),
+                                                                      kk, y0, y1, g.Xo, cols, e, e_cols, cr, crp);
+                };
+                if (kk == 9) run(std::integral_constant<int, 9>{});
+                else if (kk == 16) run(std::integral_constant<int, 16>{});
+                else run(std::integral_constant<int, 0>{});
+              };
+              if (ch32) pass(ch32);
+              else pass(ch8);
+              if (need_x) {  // grad_x rows [y0, y1 + halo) += this strip's e correlated with the flipped filter
+                for (int64_t t = 0; t < kk; ++t) flipped[t] = w[kk - 1 - t];
+                lane_correlate_any<T>(static_cast<int>(R), et, 0, 1, flipped.data(), g.k, g.d, halo, halo + y1 - y0,
+                                      y1 - y0 + halo, cols, gx.data() + (c * rows + y0) * cols * n, true);
               }
             }
           }
-        }
-        for (int64_t q = 0; q < g.Q; ++q) {
           for (int64_t c = 0; c < g.Ci; ++c) {
             const int64_t qcl = (q * g.Ci + c) * g.L + l;
-            const V* cr = corr.data() + (q * g.Ci + c) * kk;
+            const T* w = wp + qcl * kk;
             const V a_vec = loadu<V>(av.data() + (q * g.Ci + c) * n);
+            const V* cr = corr.data() + c * kk;
+            const V* crp = corrp.data() + c * kk;
             if (need_w) {
               V* d = dw + qcl * kk;
-              for (int64_t t = 0; t < kk; ++t) d[t] += ap ? a_vec * cr[t] : cr[t];
-              if (gpp) {
-                const V* crp = corrp.data() + (q * g.Ci + c) * kk;
-                for (int64_t t = 0; t < kk; ++t) d[t] += crp[t];
-              }
+              for (int64_t t = 0; t < kk; ++t) d[t] += (ap ? a_vec * cr[t] : cr[t]) + (gpp ? crp[t] : V{});
             }
             if (need_a) {
-              const T* w = wp + qcl * kk;
               V s = V{};
               for (int64_t t = 0; t < kk; ++t) s += w[t] * cr[t];
               for (int j = 0; j < lanes; ++j) gap[(b0 + j) * QCL + qcl] = s[j];
             }
           }
         }
-        if (need_x) {  // the tiles' input region -> grad_x
+        if (need_x) {  // the input region of each channel's tile -> grad_x (inputs outside the tile get zero)
+          const int64_t yi = std::min(g.Yi, rows - g.pad), xi = std::min(g.Xi, cols - g.pad);
           for (int64_t c = 0; c < g.Ci; ++c) {
-            const T* tile = gxt.tile(c);
-            for (int j = 0; j < lanes; ++j) {
-              T* out = gxp + ((b0 + j) * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi;
-              for (int64_t y = 0; y < g.Yi; ++y) {
-                const int64_t r = y + g.pad;
-                for (int64_t x = 0; x < g.Xi; ++x) {
-                  const int64_t q = x + g.pad;
-                  out[y * g.Xi + x] = (r < rows && q < cols) ? tile[(r * cols + q) * n + j] : T(0);
-                }
-              }
-            }
+            std::fill(interior.begin(), interior.end(), T(0));
+            for (int64_t y = 0; y < yi; ++y)
+              std::memcpy(interior.data() + y * g.Xi * n, gx.data() + (c * rows * cols + (y + g.pad) * cols + g.pad) * n,
+                          xi * n * sizeof(T));
+            from_lanes<T>(gxp + (b0 * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi, interior.data(), lanes, g.Yi * g.Xi,
+                          g.Ci * g.L * g.Yi * g.Xi);
           }
         }
       }
