@@ -11,8 +11,8 @@
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
 //   gradients;
 // - channel_stats_backward: the gradients of sum_c a ft and of max_c a ft together (stride 1).
-// - weighted_sum_forward: sum_l sigmoid(logits) summed, the spatial attention's weighting; attention_map_backward:
-//   the backward of the spatial attention's conv, sigmoid and weighting together.
+// - attention_map_forward / attention_map_backward: the spatial attention's planewise conv, sigmoid and weighting
+//   sum_l sigmoid(logits) summed, fused.
 //
 // xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. The vector code
 // uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile to whatever SIMD the target
@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -515,6 +516,86 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
   return {grad_inputs, grad_w};
 }
 
+
+// exp(x) lane-wise: x = k ln 2 + r with |r| <= ln 2 / 2 (Cody-Waite), exp(r) by its Taylor series (degree 12 for
+// double, 7 for float: within a few ulp), and 2^k put into the exponent bits; 0 below and +inf above the range
+// where the result is a normal number.
+template <typename T>
+inline typename Simd<T>::V lane_exp(typename Simd<T>::V x) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  using Index = typename Simd<T>::Index;
+  constexpr bool dbl = sizeof(T) == 8;
+  constexpr T lo = dbl ? T(-708.0) : T(-87.0), hi = dbl ? T(709.0) : T(88.0);
+  const auto under = x < lo, over = x > hi;  // 0 and +inf there, computed on the clamped input
+  x = under ? V{} + lo : x;
+  x = over ? V{} + hi : x;
+  const V kf = __builtin_convertvector(__builtin_convertvector(x * T(1.4426950408889634) + (x < 0 ? T(-0.5) : T(0.5)), I), V);
+  const V r = (x - kf * T(0.693145751953125)) - kf * T(1.42860682030941723212e-6);
+  constexpr int degree = dbl ? 12 : 7;
+  V p = V{} + T(1);
+  for (int i = degree; i >= 1; --i) p = p * (r * (T(1) / T(i))) + T(1);  // Horner: 1 + r (1 + r/2 (1 + r/3 ...))
+  const I k = __builtin_convertvector(kf, I);
+  I bits;
+  std::memcpy(&bits, &p, sizeof(V));
+  bits += k << static_cast<Index>(dbl ? 52 : 23);
+  V out;
+  std::memcpy(&out, &bits, sizeof(V));
+  out = under ? V{} : out;
+  return over ? V{} + std::numeric_limits<T>::infinity() : out;
+}
+
+// The spatial attention of the full attention, fused: logits = planewise conv of (summed, maximum) by w (planes
+// p = (l, q), l-major, 'same' padding), a = sigmoid(logits), out[b, q] = sum_l a summed. summed, maximum: [B, L * Q,
+// Y, X]; returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. One task per filter q and block of samples, over l.
+std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Tensor& maximum, const Tensor& w,
+                                                 int64_t L, int64_t dilation) {
+  const PlaneGeometry g = planewise_geometry({summed, maximum}, w, dilation);
+  TORCH_CHECK(g.Yo == g.Y && g.Xo == g.X, "attention map: the spatial kernel must keep the map's size (odd k)");
+  const int64_t Q = g.P / L, YX = g.Y * g.X;
+  TORCH_CHECK(L >= 1 && L * Q == g.P, "attention map: the planes must be L * Q");
+  Tensor out = at::empty({g.B, Q, g.Y, g.X}, summed.options());
+  Tensor a = at::empty_like(summed);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "attention_map_forward", [&] {
+    using T = scalar_t;
+    using V = typename Simd<T>::V;
+    constexpr int n = Simd<T>::n;
+    const T *sp = summed.data_ptr<T>(), *mp = maximum.data_ptr<T>(), *wp = w.data_ptr<T>();
+    T *op = out.data_ptr<T>(), *ap = a.data_ptr<T>();
+    const int R = lane_block(g.X);
+    const int64_t blocks = (g.B + n - 1) / n, kk = g.k * g.k;
+    const int64_t rows = g.Y + g.d * (g.k - 1), cols = round_up(g.X, R) + g.d * (g.k - 1);
+    at::parallel_for(0, Q * blocks, 1, [&](int64_t begin, int64_t end) {
+      LaneTiles<T> tiles;
+      tiles.shape(2, rows, cols);
+      std::vector<T> logits(YX * n), acc(YX * n);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t q = item / blocks, b0 = (item % blocks) * n;
+        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t p = l * Q + q, plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
+          tiles.fill(0, sp + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
+          tiles.fill(1, mp + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
+          lane_correlate_any<T>(R, tiles, 0, 2, wp + p * 2 * kk, g.k, g.d, g.pad, g.pad + g.Y, g.Y, g.X,
+                                logits.data());
+          const T* s = tiles.tile(0);
+          for (int64_t y = 0; y < g.Y; ++y) {
+            for (int64_t x = 0; x < g.X; ++x) {
+              const int64_t i = (y * g.X + x) * n;
+              const V av = T(1) / (T(1) + lane_exp<T>(-loadu<V>(logits.data() + i)));
+              storeu(logits.data() + i, av);
+              const V sv = loadu<V>(s + ((y + g.pad) * cols + x + g.pad) * n);
+              storeu(acc.data() + i, l == 0 ? av * sv : loadu<V>(acc.data() + i) + av * sv);
+            }
+          }
+          from_lanes<T>(ap + plane, logits.data(), lanes, YX, stride_b);
+        }
+        from_lanes<T>(op + (b0 * Q + q) * YX, acc.data(), lanes, YX, Q * YX);
+      }
+    });
+  });
+  return {out, a};
+}
 
 // The backward of the spatial attention's map and weighting, fused: with logits = planewise conv of (summed,
 // maximum) by w (planes p = (l, q), 'same' padding), a = sigmoid(logits) (saved) and out[b, q] = sum_l a summed,
@@ -1470,45 +1551,13 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
   return {grad_x, grad_w, grad_a};
 }
 
-// The spatial attention's weighting: out[b, m] = sum_l a[b, l, m] summed[b, l, m] (a = sigmoid(logits)), for a,
-// summed [B, L, M] (M = Co * |H| * Yo * Xo) and out [B, M]; its backward is part of attention_map_backward.
-Tensor weighted_sum_forward(const Tensor& a, const Tensor& summed) {
-  TORCH_CHECK(a.dim() >= 2 && a.sizes() == summed.sizes(), "a and summed must be [B, L, ...] of one shape");
-  check(a, a, "a");
-  check(summed, a, "summed");
-  const int64_t B = a.size(0), L = a.size(1), M = a.numel() / std::max<int64_t>(B * L, 1);
-  std::vector<int64_t> shape{B};
-  for (int64_t i = 2; i < a.dim(); ++i) shape.push_back(a.size(i));
-  Tensor out = at::empty(shape, a.options());
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "weighted_sum_forward", [&] {
-    using T = scalar_t;
-    const T *ap = a.data_ptr<T>(), *sp = summed.data_ptr<T>();
-    T* op = out.data_ptr<T>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        T* o = op + b * M;
-        for (int64_t l = 0; l < L; ++l) {
-          const T* al = ap + (b * L + l) * M;
-          const T* sl = sp + (b * L + l) * M;
-          if (l == 0) {
-            for (int64_t m = 0; m < M; ++m) o[m] = al[m] * sl[m];
-          } else {
-            for (int64_t m = 0; m < M; ++m) o[m] += al[m] * sl[m];
-          }
-        }
-      }
-    });
-  });
-  return out;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("planewise_forward", &planewise_forward);
   m.def("planewise_backward", &planewise_backward);
+  m.def("attention_map_forward", &attention_map_forward);
   m.def("attention_map_backward", &attention_map_backward);
-  m.def("weighted_sum_forward", &weighted_sum_forward);
   m.def("spatial_argmax", &spatial_argmax);
   m.def("spatial_max_backward", &spatial_max_backward);
   m.def("channel_argmax", &channel_argmax);

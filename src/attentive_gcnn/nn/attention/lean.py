@@ -453,18 +453,19 @@ def spatial_attention_sum(summed: Tensor, maximum: Tensor, bank: Tensor, dilatio
 
 
 class NativeSpatialAttention(torch.autograd.Function):
-    """:func:`spatial_attention_sum` as fused kernels: the planewise conv (``planewise_forward``), ``torch.sigmoid``
-    and the weighting (``weighted_sum_forward``); the backward is one kernel (``attention_map_backward``) that forms
-    the logits' gradient in its tiles and adds the weighting's gradient of ``summed`` to the conv's. Arguments
-    ``(summed, maximum, bank, dilation)``; returns ``(out, a)``, ``a`` not differentiable."""
+    """:func:`spatial_attention_sum` as fused kernels: the planewise conv, the sigmoid and the weighting in one pass
+    (``attention_map_forward``), and the backward in one pass (``attention_map_backward``) that forms the logits'
+    gradient in its tiles and adds the weighting's gradient of ``summed`` to the conv's. Arguments ``(summed,
+    maximum, bank, dilation)``; returns ``(out, a)``, ``a`` not differentiable."""
 
     @staticmethod
     def forward(ctx, summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
         kernels = native_kernels(bank)
         summed, maximum, bank = summed.contiguous(), maximum.contiguous(), bank.contiguous()
-        planes = [summed.flatten(1, 3), maximum.flatten(1, 3)]
-        a = torch.sigmoid(kernels.planewise_forward(planes, bank, dilation)).view_as(summed)
-        out = kernels.weighted_sum_forward(a, summed)
+        out, a = kernels.attention_map_forward(
+            summed.flatten(1, 3), maximum.flatten(1, 3), bank, summed.shape[1], dilation
+        )
+        out, a = out.view(summed.shape[:1] + summed.shape[2:]), a.view_as(summed)
         ctx.save_for_backward(summed, maximum, a, bank)
         ctx.dilation, ctx.kernels = dilation, kernels
         ctx.mark_non_differentiable(a)
