@@ -117,14 +117,13 @@ class FullSpatialAttention(KeepsMap, nn.Module):
         logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
 
-    def lmajor_bank(self, mean_scale: float, o: slice = slice(None)) -> Tensor:
-        """The kernels of output channels ``o`` for l-major statistics ``[B, n_in, Co', |H|, X, Y]``: ``[(l, o, j),
-        stat, k, k]``, for :func:`~attentive_gcnn.nn.attention.lean.spatial_attention_sum` (same function as
-        :meth:`from_stats`, faster on CPUs). The mean's kernels carry ``mean_scale`` (the channel mean's 1 / Ci),
-        so that the statistic is the channel sum."""
+    def lmajor_bank(self, mean_scale: float) -> Tensor:
+        """The kernels for l-major statistics ``[B, n_in, Co, |H|, X, Y]``: ``[(l, o, j), stat, k, k]``, for
+        :func:`~attentive_gcnn.nn.attention.lean.spatial_attention_sum` (same function as :meth:`from_stats`,
+        faster on CPUs). The mean's kernels carry ``mean_scale`` (the channel mean's 1 / Ci), so that the statistic
+        is the channel sum."""
         k = self.kernel_size
-        bank = self._bank(o)  # [Co', H, 2, n_in, k, k]
-        bank = bank.permute(3, 0, 1, 2, 4, 5).reshape(-1, 2, k, k)  # [(l, o, j), stat]
+        bank = self._bank().permute(3, 0, 1, 2, 4, 5).reshape(-1, 2, k, k)  # [Co, H, 2, n_in] -> [(l, o, j), stat]
         return bank * bank.new_tensor([mean_scale, 1.0]).view(1, 2, 1, 1)
 
 
@@ -262,15 +261,31 @@ class AttGConv(GConv):
         if ca is not None:  # ... and of the per-sample conv weights a_C * W
             per_channel = max(per_channel, xin.shape[0] * self.group.order * xin.shape[1] * self.kernel_size**2)
         step = self.chunk_size(per_channel, self.attend_chunk_elements)
-        outs, maps = [], []
-        for o0 in range(0, self.out_channels, step):
-            o = slice(o0, min(o0 + step, self.out_channels))
-            args = [xin, bank[o], *(None if t is None else t[:, o] for t in (s_avg, s_max))]
+        # the channel map and the spatial kernels for all output channels, then split into chunks: one backward
+        # node for the split, not one zero-filled copy per sliced chunk
+        sizes = [min(step, self.out_channels - o0) for o0 in range(0, self.out_channels, step)]
+        a_all = ca.from_stats(s_avg, s_max) if ca is not None else None
+        bank_x = None
+        if sa is not None:
+            k = sa.kernel_size
+            bank_x = sa.lmajor_bank(1.0 / self.in_channels).view(self.in_order, self.out_channels, -1, 2, k, k)
+        chunks = zip(
+            bank.split(sizes),
+            a_all.split(sizes, dim=1) if a_all is not None else [None] * len(sizes),
+            bank_x.split(sizes, dim=1) if bank_x is not None else [None] * len(sizes),
+            strict=True,
+        )
+        outs, maps, o0 = [], [], 0
+        for bank_o, a_o, bank_x_o in chunks:
+            o = slice(o0, o0 + bank_o.shape[0])
+            o0 = o.stop
+            bank_x_o = None if bank_x_o is None else bank_x_o.reshape(-1, *bank_x_o.shape[-3:])  # [(l, o, j), stat]
+            args = [xin, bank_o, a_o, bank_x_o]
             args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
             if self.recompute_stats and torch.is_grad_enabled():
-                out, *chunk_maps = checkpoint(self._attend, *args, o, geo, fused_plain, use_reentrant=False)
+                out, *chunk_maps = checkpoint(self._attend, *args, geo, fused_plain, use_reentrant=False)
             else:
-                out, *chunk_maps = self._attend(*args, o, geo, fused_plain)
+                out, *chunk_maps = self._attend(*args, geo, fused_plain)
             outs.append(out)
             maps.append(chunk_maps)
         for i, module in enumerate((ca, sa)):
@@ -281,16 +296,16 @@ class AttGConv(GConv):
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
         return out
 
-    def _attend(self, xin, bank, s_avg, s_max, channel_at, winner, o: slice, geo, fused_plain=False) -> tuple:
-        """The layer's output for the output channels ``o`` of ``bank``, given the spatial statistics of ``ft``
-        and the channel arg-maxes (see :meth:`_lean`), and the (detached) channel and spatial maps of the chunk
-        (None where absent or not kept). ``fused_plain``: the output includes the plain sum (``sum_{c,l} ft -
-        sum_l a_X G_l``), from the fused kernels' pass; else ``sum_l a_X G_l`` alone."""
+    def _attend(self, xin, bank, a, bank_x, channel_at, winner, geo, fused_plain=False) -> tuple:
+        """The layer's output for the output channels of ``bank`` (a chunk), given their channel map ``a [B, Co',
+        |H|, Ci, n_in]`` and spatial kernels ``bank_x [(l, o, j), 2, k, k]`` (None where that part is absent) and
+        the channel arg-maxes (see :meth:`_lean`), and the (detached) channel and spatial maps of the chunk (None
+        where absent or not kept). ``fused_plain``: the output includes the plain sum (``sum_{c,l} ft - sum_l a_X
+        G_l``), from the fused kernels' pass; else ``sum_l a_X G_l`` alone."""
         ca, sa = self.channel_attention, self.spatial_attention
-        a = a_map = x_map = None
-        if ca is not None:
-            a = ca.from_stats(s_avg, s_max, o)
-            a_map = a.detach()[..., None, None] if ca.keep_map else None
+        a_map = x_map = None
+        if ca is not None and ca.keep_map:
+            a_map = a.detach()[..., None, None]
         if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
             if a is not None and self.combine == "one_minus_product":
                 a = 1 - a
@@ -304,7 +319,6 @@ class AttGConv(GConv):
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
-        bank_x = sa.lmajor_bank(1.0 / self.in_channels, o)
         out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation)  # sum_l a_X G_l
         if plain is not None:
             out = plain - out  # else _lean subtracts it from the plain conv
