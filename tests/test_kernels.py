@@ -184,21 +184,25 @@ SPATIAL_CASES = [  # B, n_in, Co, |H|, Y, X, k, dilation
 @needs_compiler
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", SPATIAL_CASES, ids=str)
-def test_native_spatial_attention_equals_torch(full_native, dtype, case, monkeypatch):
-    """The fused spatial map, sigmoid and weighting (and their one backward) = planewise conv, sigmoid, sum."""
+@pytest.mark.parametrize("with_plain", [False, True], ids=["sum", "plain-minus-sum"])
+def test_native_spatial_attention_equals_torch(full_native, dtype, case, with_plain, monkeypatch):
+    """The fused spatial map, sigmoid and weighting (and their one backward) = planewise conv, sigmoid, sum; with
+    ``plain``, the fused subtraction from it too."""
     b, n_in, co, h, y, x, k, d = case
     summed = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True)
     maximum = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True)
     bank = torch.randn(n_in * co * h, 2, k, k, dtype=dtype, requires_grad=True)
-    got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d)
+    plain = torch.randn(b, co, h, y, x, dtype=dtype, requires_grad=True) if with_plain else None
+    leaves = [summed, maximum, bank, *([plain] if with_plain else [])]
+    got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain)
     monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
-    want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d)
+    want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain)
     same(got, want, dtype)
     same(got_a, want_a, dtype)
     assert not got_a.requires_grad
     g = torch.randn_like(want)
-    wanted = torch.autograd.grad(want, [summed, maximum, bank], g)
-    for a, b_ in zip(torch.autograd.grad(got, [summed, maximum, bank], g), wanted, strict=True):
+    wanted = torch.autograd.grad(want, leaves, g)
+    for a, b_ in zip(torch.autograd.grad(got, leaves, g), wanted, strict=True):
         same(a, b_, dtype)
 
 

@@ -547,28 +547,36 @@ inline typename Simd<T>::V lane_exp(typename Simd<T>::V x) {
 
 // The spatial attention of the full attention, fused: logits = planewise conv of (summed, maximum) by w (planes
 // p = (l, q), l-major, 'same' padding), a = sigmoid(logits), out[b, q] = sum_l a summed. summed, maximum: [B, L * Q,
-// Y, X]; returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. One task per filter q and block of samples, over l.
+// Y, X]; returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. With plain [B, Q, Y, X], out = plain - sum_l a summed.
+// One task per filter q and block of samples, over l.
 std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Tensor& maximum, const Tensor& w,
-                                                 int64_t L, int64_t dilation) {
+                                                 int64_t L, int64_t dilation, const Maybe& plain_) {
   const PlaneGeometry g = planewise_geometry({summed, maximum}, w, dilation);
   TORCH_CHECK(g.Yo == g.Y && g.Xo == g.X, "attention map: the spatial kernel must keep the map's size (odd k)");
   const int64_t Q = g.P / L, YX = g.Y * g.X;
   TORCH_CHECK(L >= 1 && L * Q == g.P, "attention map: the planes must be L * Q");
   Tensor out = at::empty({g.B, Q, g.Y, g.X}, summed.options());
   Tensor a = at::empty_like(summed);
+  Tensor plain;
+  if (plain_.has_value() && plain_->defined()) {
+    plain = plain_->contiguous();
+    check(plain, summed, "plain");
+    TORCH_CHECK(plain.numel() == out.numel(), "attention map: plain must be [B, Q, Y, X]");
+  }
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "attention_map_forward", [&] {
     using T = scalar_t;
     using V = typename Simd<T>::V;
     constexpr int n = Simd<T>::n;
     const T *sp = summed.data_ptr<T>(), *mp = maximum.data_ptr<T>(), *wp = w.data_ptr<T>();
     T *op = out.data_ptr<T>(), *ap = a.data_ptr<T>();
+    const T* pp = plain.defined() ? plain.data_ptr<T>() : nullptr;
     const int R = lane_block(g.X);
     const int64_t blocks = (g.B + n - 1) / n, kk = g.k * g.k;
     const int64_t rows = g.Y + g.d * (g.k - 1), cols = round_up(g.X, R) + g.d * (g.k - 1);
     at::parallel_for(0, Q * blocks, 1, [&](int64_t begin, int64_t end) {
       LaneTiles<T> tiles;
       tiles.shape(2, rows, cols);
-      std::vector<T> logits(YX * n), acc(YX * n);
+      std::vector<T> logits(YX * n), acc(YX * n), pl(pp ? YX * n : 0);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t q = item / blocks, b0 = (item % blocks) * n;
         const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
@@ -590,6 +598,10 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Ten
           }
           from_lanes<T>(ap + plane, logits.data(), lanes, YX, stride_b);
         }
+        if (pp) {  // plain - sum_l a summed
+          to_lanes<T>(pl.data(), pp + (b0 * Q + q) * YX, Q * YX, lanes, YX);
+          for (int64_t i = 0; i < YX * n; i += n) storeu(acc.data() + i, loadu<V>(pl.data() + i) - loadu<V>(acc.data() + i));
+        }
         from_lanes<T>(op + (b0 * Q + q) * YX, acc.data(), lanes, YX, Q * YX);
       }
     });
@@ -601,10 +613,11 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Ten
 // maximum) by w (planes p = (l, q), 'same' padding), a = sigmoid(logits) (saved) and out[b, q] = sum_l a summed,
 // given grad_out [B, Q, Y, X]: the logits' gradient g a (1 - a) summed is formed in the lane tiles (never stored),
 // and grad_summed = g a + its planewise input gradient, grad_maximum, grad_w. summed, maximum, a: [B, L * Q, Y, X]
-// (planes l-major), w [L * Q, 2, k, k].
+// (planes l-major), w [L * Q, 2, k, k]. negate: the output was plain - sum_l a summed (g = -grad_out).
 std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out_, const Tensor& summed,
                                                           const Tensor& maximum, const Tensor& a, const Tensor& w,
-                                                          int64_t L, int64_t dilation, bool need_x, bool need_w) {
+                                                          int64_t L, int64_t dilation, bool need_x, bool need_w,
+                                                          bool negate) {
   const PlaneGeometry g = planewise_geometry({summed, maximum}, w, dilation);
   TORCH_CHECK(g.Yo == g.Y && g.Xo == g.X, "attention map: the spatial kernel must keep the map's size (odd k)");
   check(a, summed, "a");
@@ -649,6 +662,9 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
             const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
             const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
             to_lanes<T>(go.data(), gp + (b0 * Q + q) * YX, Q * YX, lanes, YX);
+            if (negate) {
+              for (int64_t i = 0; i < YX * n; i += n) storeu(go.data() + i, -loadu<V>(go.data() + i));
+            }
             to_lanes<T>(av.data(), ap + plane, stride_b, lanes, YX);
             to_lanes<T>(sv.data(), sp + plane, stride_b, lanes, YX);
             // the logits' gradient g a (1 - a) summed, into the interior of the padded tile

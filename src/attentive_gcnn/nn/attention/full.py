@@ -319,9 +319,8 @@ class AttGConv(GConv):
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
             maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
-        out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation)  # sum_l a_X G_l
-        if plain is not None:
-            out = plain - out  # else _lean subtracts it from the plain conv
+        # sum_l a_X G_l, or plain - sum_l a_X G_l; without plain, _lean subtracts it from the plain conv
+        out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation, plain)
         if sa.keep_map:
             x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
         return out, a_map, x_map

@@ -436,38 +436,44 @@ def native_kernels(t: Tensor):
     return None
 
 
-def spatial_attention_sum(summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
+def spatial_attention_sum(
+    summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int, plain: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``(sum_l a * summed, a)`` with ``a = sigmoid(logits)``, ``logits = planewise_conv([summed, maximum], bank)``:
-    the spatial attention map of the full attention and its weighting of the channel sums.
+    the spatial attention map of the full attention and its weighting of the channel sums; with ``plain``, the
+    first output is ``plain - sum_l a * summed`` (the layer's one-minus-product output).
 
-    ``summed, maximum [B, n_in, Co', |H|, X, Y]`` (l-major), ``bank [(l, o, j), 2, k, k]`` (odd k) -> ``[B, Co',
-    |H|, X, Y]`` and ``a`` (the shape of ``summed``; no gradient flows through it). :class:`NativeSpatialAttention`
-    where :func:`native_kernels` has the fused kernels, else :func:`planewise_conv` and torch ops.
+    ``summed, maximum [B, n_in, Co', |H|, X, Y]`` (l-major), ``bank [(l, o, j), 2, k, k]`` (odd k), ``plain [B,
+    Co', |H|, X, Y]`` -> ``[B, Co', |H|, X, Y]`` and ``a`` (the shape of ``summed``; no gradient flows through it).
+    :class:`NativeSpatialAttention` where :func:`native_kernels` has the fused kernels, else
+    :func:`planewise_conv` and torch ops.
     """
     if native_kernels(bank) is not None:
-        out, a = NativeSpatialAttention.apply(summed, maximum, bank, dilation)
+        out, a = NativeSpatialAttention.apply(summed, maximum, bank, dilation, plain)
         return out, a
     logits = planewise_conv([summed.flatten(1, 3), maximum.flatten(1, 3)], bank, dilation).view_as(summed)
     a = torch.sigmoid(logits)
-    return (a * summed).sum(dim=1), a.detach()
+    out = (a * summed).sum(dim=1)
+    return (out if plain is None else plain - out), a.detach()
 
 
 class NativeSpatialAttention(torch.autograd.Function):
-    """:func:`spatial_attention_sum` as fused kernels: the planewise conv, the sigmoid and the weighting in one pass
-    (``attention_map_forward``), and the backward in one pass (``attention_map_backward``) that forms the logits'
-    gradient in its tiles and adds the weighting's gradient of ``summed`` to the conv's. Arguments ``(summed,
-    maximum, bank, dilation)``; returns ``(out, a)``, ``a`` not differentiable."""
+    """:func:`spatial_attention_sum` as fused kernels: the planewise conv, the sigmoid and the weighting (and the
+    subtraction from ``plain``) in one pass (``attention_map_forward``), and the backward in one pass
+    (``attention_map_backward``) that forms the logits' gradient in its tiles and adds the weighting's gradient of
+    ``summed`` to the conv's. Arguments ``(summed, maximum, bank, dilation, plain)`` (``plain`` may be None);
+    returns ``(out, a)``, ``a`` not differentiable."""
 
     @staticmethod
-    def forward(ctx, summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
+    def forward(ctx, summed, maximum, bank, dilation: int, plain) -> tuple[Tensor, Tensor]:
         kernels = native_kernels(bank)
         summed, maximum, bank = summed.contiguous(), maximum.contiguous(), bank.contiguous()
         out, a = kernels.attention_map_forward(
-            summed.flatten(1, 3), maximum.flatten(1, 3), bank, summed.shape[1], dilation
+            summed.flatten(1, 3), maximum.flatten(1, 3), bank, summed.shape[1], dilation, plain
         )
         out, a = out.view(summed.shape[:1] + summed.shape[2:]), a.view_as(summed)
         ctx.save_for_backward(summed, maximum, a, bank)
-        ctx.dilation, ctx.kernels = dilation, kernels
+        ctx.dilation, ctx.kernels, ctx.with_plain = dilation, kernels, plain is not None
         ctx.mark_non_differentiable(a)
         ctx.set_materialize_grads(False)  # no zero tensor for a's gradient
         return out, a
@@ -476,22 +482,16 @@ class NativeSpatialAttention(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
         summed, maximum, a, bank = ctx.saved_tensors
         if grad is None:
-            return None, None, None, None
+            return None, None, None, None, None
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_summed, grad_maximum, grad_bank = ctx.kernels.attention_map_backward(
-            grad,
-            summed.flatten(1, 3),
-            maximum.flatten(1, 3),
-            a.flatten(1, 3),
-            bank,
-            summed.shape[1],
-            ctx.dilation,
-            need_x,
-            ctx.needs_input_grad[2],
+            grad, summed.flatten(1, 3), maximum.flatten(1, 3), a.flatten(1, 3), bank, summed.shape[1], ctx.dilation,
+            need_x, ctx.needs_input_grad[2], ctx.with_plain,
         )
         if need_x:
             grad_summed, grad_maximum = grad_summed.view_as(summed), grad_maximum.view_as(maximum)
-        return grad_summed, grad_maximum, grad_bank, None
+        grad_plain = grad if ctx.with_plain and ctx.needs_input_grad[4] else None
+        return grad_summed, grad_maximum, grad_bank, None, grad_plain
 
 
 def planewise_conv(planes: list[Tensor], w: Tensor, dilation: int) -> Tensor:
