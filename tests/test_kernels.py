@@ -185,15 +185,16 @@ SPATIAL_CASES = [  # B, n_in, Co, |H|, Y, X, k, dilation
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", SPATIAL_CASES, ids=str)
 @pytest.mark.parametrize("with_plain", [False, True], ids=["sum", "plain-minus-sum"])
-def test_native_spatial_attention_equals_torch(full_native, dtype, case, with_plain, monkeypatch):
+@pytest.mark.parametrize("stats", [2, 1], ids=["sum-and-max", "sum-only"])
+def test_native_spatial_attention_equals_torch(full_native, dtype, case, with_plain, stats, monkeypatch):
     """The fused spatial map, sigmoid and weighting (and their one backward) = planewise conv, sigmoid, sum; with
-    ``plain``, the fused subtraction from it too."""
+    ``plain``, the fused subtraction from it too; with one statistic (no maximum), the same."""
     b, n_in, co, h, y, x, k, d = case
     summed = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True)
-    maximum = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True)
-    bank = torch.randn(n_in * co * h, 2, k, k, dtype=dtype, requires_grad=True)
+    maximum = torch.randn(b, n_in, co, h, y, x, dtype=dtype, requires_grad=True) if stats == 2 else None
+    bank = torch.randn(n_in * co * h, stats, k, k, dtype=dtype, requires_grad=True)
     plain = torch.randn(b, co, h, y, x, dtype=dtype, requires_grad=True) if with_plain else None
-    leaves = [summed, maximum, bank, *([plain] if with_plain else [])]
+    leaves = [t for t in (summed, maximum, bank, plain) if t is not None]
     got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain)
     monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
     want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain)

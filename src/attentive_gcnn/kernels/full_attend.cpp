@@ -547,11 +547,15 @@ inline typename Simd<T>::V lane_exp(typename Simd<T>::V x) {
 
 // The spatial attention of the full attention, fused: logits = planewise conv of (summed, maximum) by w (planes
 // p = (l, q), l-major, 'same' padding), a = sigmoid(logits), out[b, q] = sum_l a summed. summed, maximum: [B, L * Q,
-// Y, X]; returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. With plain [B, Q, Y, X], out = plain - sum_l a summed.
+// Y, X] (maximum may be undefined: one statistic); returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. With plain
+// [B, Q, Y, X], out = plain - sum_l a summed.
 // One task per filter q and block of samples, over l.
-std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Tensor& maximum, const Tensor& w,
+std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Maybe& maximum_, const Tensor& w,
                                                  int64_t L, int64_t dilation, const Maybe& plain_) {
-  const PlaneGeometry g = planewise_geometry({summed, maximum}, w, dilation);
+  const bool with_max = maximum_.has_value() && maximum_->defined();  // else one statistic (w [P, 1, k, k])
+  const Tensor maximum = with_max ? maximum_->contiguous() : Tensor();
+  const PlaneGeometry g = with_max ? planewise_geometry({summed, maximum}, w, dilation)
+                                   : planewise_geometry({summed}, w, dilation);
   TORCH_CHECK(g.Yo == g.Y && g.Xo == g.X, "attention map: the spatial kernel must keep the map's size (odd k)");
   const int64_t Q = g.P / L, YX = g.Y * g.X;
   TORCH_CHECK(L >= 1 && L * Q == g.P, "attention map: the planes must be L * Q");
@@ -567,15 +571,16 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Ten
     using T = scalar_t;
     using V = typename Simd<T>::V;
     constexpr int n = Simd<T>::n;
-    const T *sp = summed.data_ptr<T>(), *mp = maximum.data_ptr<T>(), *wp = w.data_ptr<T>();
+    const T *sp = summed.data_ptr<T>(), *mp = with_max ? maximum.data_ptr<T>() : nullptr, *wp = w.data_ptr<T>();
     T *op = out.data_ptr<T>(), *ap = a.data_ptr<T>();
+    const int64_t S = g.S;
     const T* pp = plain.defined() ? plain.data_ptr<T>() : nullptr;
     const int R = lane_block(g.X);
     const int64_t blocks = (g.B + n - 1) / n, kk = g.k * g.k;
     const int64_t rows = g.Y + g.d * (g.k - 1), cols = round_up(g.X, R) + g.d * (g.k - 1);
     at::parallel_for(0, Q * blocks, 1, [&](int64_t begin, int64_t end) {
       LaneTiles<T> tiles;
-      tiles.shape(2, rows, cols);
+      tiles.shape(S, rows, cols);
       std::vector<T> logits(YX * n), acc(YX * n), pl(pp ? YX * n : 0);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t q = item / blocks, b0 = (item % blocks) * n;
@@ -583,8 +588,8 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Ten
         for (int64_t l = 0; l < L; ++l) {
           const int64_t p = l * Q + q, plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
           tiles.fill(0, sp + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
-          tiles.fill(1, mp + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
-          lane_correlate_any<T>(R, tiles, 0, 2, wp + p * 2 * kk, g.k, g.d, g.pad, g.pad + g.Y, g.Y, g.X,
+          if (mp) tiles.fill(1, mp + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
+          lane_correlate_any<T>(R, tiles, 0, S, wp + p * S * kk, g.k, g.d, g.pad, g.pad + g.Y, g.Y, g.X,
                                 logits.data());
           const T* s = tiles.tile(0);
           for (int64_t y = 0; y < g.Y; ++y) {
@@ -615,10 +620,13 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Ten
 // and grad_summed = g a + its planewise input gradient, grad_maximum, grad_w. summed, maximum, a: [B, L * Q, Y, X]
 // (planes l-major), w [L * Q, 2, k, k]. negate: the output was plain - sum_l a summed (g = -grad_out).
 std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out_, const Tensor& summed,
-                                                          const Tensor& maximum, const Tensor& a, const Tensor& w,
+                                                          const Maybe& maximum_, const Tensor& a, const Tensor& w,
                                                           int64_t L, int64_t dilation, bool need_x, bool need_w,
                                                           bool negate) {
-  const PlaneGeometry g = planewise_geometry({summed, maximum}, w, dilation);
+  const bool with_max = maximum_.has_value() && maximum_->defined();  // else one statistic (w [P, 1, k, k])
+  const Tensor maximum = with_max ? maximum_->contiguous() : Tensor();
+  const PlaneGeometry g = with_max ? planewise_geometry({summed, maximum}, w, dilation)
+                                   : planewise_geometry({summed}, w, dilation);
   TORCH_CHECK(g.Yo == g.Y && g.Xo == g.X, "attention map: the spatial kernel must keep the map's size (odd k)");
   check(a, summed, "a");
   TORCH_CHECK(a.sizes() == summed.sizes(), "attention map: a must have the shape of summed");
@@ -627,19 +635,20 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
   const int64_t Q = g.P / L, YX = g.Y * g.X;
   TORCH_CHECK(L * Q == g.P && grad_out.numel() == g.B * Q * YX, "attention map: grad_out must be [B, Q, Y, X]");
   Tensor grad_summed = need_x ? at::empty_like(summed) : Tensor();
-  Tensor grad_maximum = need_x ? at::empty_like(maximum) : Tensor();
+  Tensor grad_maximum = need_x && with_max ? at::empty_like(maximum) : Tensor();
   Tensor grad_w = need_w ? at::empty_like(w) : Tensor();
   if (!need_x && !need_w) return {grad_summed, grad_maximum, grad_w};
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "attention_map_backward", [&] {
     using T = scalar_t;
     using V = typename Simd<T>::V;
     constexpr int n = Simd<T>::n;
-    const T *gp = grad_out.data_ptr<T>(), *sp = summed.data_ptr<T>(), *mp = maximum.data_ptr<T>();
+    const T *gp = grad_out.data_ptr<T>(), *sp = summed.data_ptr<T>(), *mp = with_max ? maximum.data_ptr<T>() : nullptr;
     const T *ap = a.data_ptr<T>(), *wp = w.data_ptr<T>();
     const std::array<const T*, 2> in{sp, mp};
-    std::array<T*, 2> gi{need_x ? grad_summed.data_ptr<T>() : nullptr, need_x ? grad_maximum.data_ptr<T>() : nullptr};
+    std::array<T*, 2> gi{need_x ? grad_summed.data_ptr<T>() : nullptr,
+                         need_x && with_max ? grad_maximum.data_ptr<T>() : nullptr};
     T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
-    const int64_t kk = g.k * g.k, S = 2;
+    const int64_t kk = g.k * g.k, S = g.S;
     const int64_t dpad = g.d * (g.k - 1) - g.pad;
     const int R = lane_block(g.X);
     const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);

@@ -312,13 +312,16 @@ class AttGConv(GConv):
             return lean.modulated_conv(xin, bank, a, geo, sum_orientations=True), a_map, x_map
         # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
         native = lean.native_kernels(xin)
+        single = self.in_channels * self.in_order == 1  # max_c g = sum_c g = g: one statistic, its kernels summed
         plain = None
         if native is not None:  # G_l and max_c g (and the plain sum), from one fused pass
             summed, maximum, *rest = lean.native_channel_stats(native, xin, bank, a, geo, with_plain=fused_plain)
             plain = rest[0] if rest else None
         else:
             summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
-            maximum = lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)  # max_c g
+            maximum = None if single else lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)
+        if single:
+            maximum, bank_x = None, bank_x.sum(dim=1, keepdim=True)
         # sum_l a_X G_l, or plain - sum_l a_X G_l; without plain, _lean subtracts it from the plain conv
         out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation, plain)
         if sa.keep_map:

@@ -437,11 +437,12 @@ def native_kernels(t: Tensor):
 
 
 def spatial_attention_sum(
-    summed: Tensor, maximum: Tensor, bank: Tensor, dilation: int, plain: Tensor | None = None
+    summed: Tensor, maximum: Tensor | None, bank: Tensor, dilation: int, plain: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """``(sum_l a * summed, a)`` with ``a = sigmoid(logits)``, ``logits = planewise_conv([summed, maximum], bank)``:
     the spatial attention map of the full attention and its weighting of the channel sums; with ``plain``, the
-    first output is ``plain - sum_l a * summed`` (the layer's one-minus-product output).
+    first output is ``plain - sum_l a * summed`` (the layer's one-minus-product output). ``maximum`` None: one
+    statistic, ``summed`` (``bank [(l, o, j), 1, k, k]``), for layers where the two are the same tensor.
 
     ``summed, maximum [B, n_in, Co', |H|, X, Y]`` (l-major), ``bank [(l, o, j), 2, k, k]`` (odd k), ``plain [B,
     Co', |H|, X, Y]`` -> ``[B, Co', |H|, X, Y]`` and ``a`` (the shape of ``summed``; no gradient flows through it).
@@ -451,8 +452,8 @@ def spatial_attention_sum(
     if native_kernels(bank) is not None:
         out, a = NativeSpatialAttention.apply(summed, maximum, bank, dilation, plain)
         return out, a
-    logits = planewise_conv([summed.flatten(1, 3), maximum.flatten(1, 3)], bank, dilation).view_as(summed)
-    a = torch.sigmoid(logits)
+    stats = [t.flatten(1, 3) for t in (summed, maximum) if t is not None]
+    a = torch.sigmoid(planewise_conv(stats, bank, dilation).view_as(summed))
     out = (a * summed).sum(dim=1)
     return (out if plain is None else plain - out), a.detach()
 
@@ -467,9 +468,10 @@ class NativeSpatialAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, summed, maximum, bank, dilation: int, plain) -> tuple[Tensor, Tensor]:
         kernels = native_kernels(bank)
-        summed, maximum, bank = summed.contiguous(), maximum.contiguous(), bank.contiguous()
+        summed, bank = summed.contiguous(), bank.contiguous()
+        maximum = None if maximum is None else maximum.contiguous()
         out, a = kernels.attention_map_forward(
-            summed.flatten(1, 3), maximum.flatten(1, 3), bank, summed.shape[1], dilation, plain
+            summed.flatten(1, 3), _flat(maximum), bank, summed.shape[1], dilation, plain
         )
         out, a = out.view(summed.shape[:1] + summed.shape[2:]), a.view_as(summed)
         ctx.save_for_backward(summed, maximum, a, bank)
@@ -485,13 +487,26 @@ class NativeSpatialAttention(torch.autograd.Function):
             return None, None, None, None, None
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_summed, grad_maximum, grad_bank = ctx.kernels.attention_map_backward(
-            grad, summed.flatten(1, 3), maximum.flatten(1, 3), a.flatten(1, 3), bank, summed.shape[1], ctx.dilation,
-            need_x, ctx.needs_input_grad[2], ctx.with_plain,
+            grad,
+            summed.flatten(1, 3),
+            _flat(maximum),
+            a.flatten(1, 3),
+            bank,
+            summed.shape[1],
+            ctx.dilation,
+            need_x,
+            ctx.needs_input_grad[2],
+            ctx.with_plain,
         )
-        if need_x:
-            grad_summed, grad_maximum = grad_summed.view_as(summed), grad_maximum.view_as(maximum)
+        grad_summed = grad_summed.view_as(summed) if need_x else None
+        grad_maximum = grad_maximum.view_as(maximum) if need_x and maximum is not None else None
         grad_plain = grad if ctx.with_plain and ctx.needs_input_grad[4] else None
         return grad_summed, grad_maximum, grad_bank, None, grad_plain
+
+
+def _flat(t: Tensor | None) -> Tensor | None:
+    """``[B, n_in, Co', |H|, X, Y]`` -> ``[B, n_in * Co' * |H|, X, Y]`` (None stays None)."""
+    return None if t is None else t.flatten(1, 3)
 
 
 def planewise_conv(planes: list[Tensor], w: Tensor, dilation: int) -> Tensor:
