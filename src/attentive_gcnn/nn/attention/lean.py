@@ -51,10 +51,19 @@ class ConvGeometry:
     def pixels(self) -> int:
         return self.out_hw[0] * self.out_hw[1]
 
-    def taps(self, axis_len: int, tap: int) -> slice:
-        """Input positions (along one padded axis) that filter tap ``tap`` sees, over all outputs."""
-        start = tap * self.dilation
-        return slice(start, start + self.stride * (axis_len - 1) + 1, self.stride)
+    def tap_indicator(self, in_len: int, out_len: int, k: int, like: Tensor) -> Tensor:
+        """``R [k, in_len]``: ``R[t, i] = 1`` where input position i (unpadded) is read by filter tap t at some of
+        the ``out_len`` output positions, along one axis (padding reads zeros and has no column)."""
+        taps = torch.arange(k, device=like.device)[:, None] * self.dilation
+        outs = torch.arange(out_len, device=like.device)[None, :] * self.stride
+        rows = (taps + outs - self.padding).flatten()  # the input position of (tap, output)
+        indicator = torch.zeros(k, in_len, dtype=like.dtype, device=like.device)
+        keep = (rows >= 0) & (rows < in_len)
+        tap_of = torch.arange(k, device=like.device).repeat_interleave(out_len)
+        indicator.index_put_(
+            (tap_of[keep], rows[keep]), torch.ones((), dtype=like.dtype, device=like.device), accumulate=True
+        )
+        return indicator
 
     @property
     def conv_args(self) -> tuple[int, int, int]:
@@ -68,13 +77,13 @@ class ConvGeometry:
 def window_means(xin: Tensor, k: int, geo: ConvGeometry) -> Tensor:
     """``m[b, i, dy, dx]``: the mean, over all output positions, of the input that tap (dy, dx) multiplies.
 
-    ``xin [B, C, X, Y]`` -> ``[B, C, k, k]``; ``mean_xy (x (*) w) = sum_taps w * m``.
+    ``xin [B, C, X, Y]`` -> ``[B, C, k, k]``; ``mean_xy (x (*) w) = sum_taps w * m``. The sum over a tap's window is
+    ``R x C^T`` with the 0/1 tap indicators of the two axes (:meth:`ConvGeometry.tap_indicator`): two small matmuls,
+    whose backward is two more (no padded copy of the input).
     """
-    p = geo.padding
-    xpad = F.pad(xin, (p, p, p, p)) if p else xin
-    rows = torch.stack([xpad[..., geo.taps(geo.out_hw[0], dy), :].sum(-2) for dy in range(k)], dim=-2)
-    taps = torch.stack([rows[..., geo.taps(geo.out_hw[1], dx)].sum(-1) for dx in range(k)], dim=-1)
-    return taps / geo.pixels
+    rows = geo.tap_indicator(xin.shape[-2], geo.out_hw[0], k, xin)
+    cols = geo.tap_indicator(xin.shape[-1], geo.out_hw[1], k, xin)
+    return torch.matmul(torch.matmul(rows, xin), cols.t()) / geo.pixels
 
 
 def mean_responses(xin: Tensor, bank: Tensor, geo: ConvGeometry) -> Tensor:
