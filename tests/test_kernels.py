@@ -120,15 +120,20 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
 @pytest.mark.parametrize(
     "ci, co, k, stride, padding, dilation",
     [
-        pytest.param(1, 6, 3, 1, 0, 1, id="fold"),
+        pytest.param(1, 6, 3, 1, 0, 1, id="lane-valid"),
+        pytest.param(8, 4, 7, 1, 3, 1, id="lane-same"),
+        pytest.param(2, 4, 7, 1, 12, 4, id="lane-dilated"),
         pytest.param(3, 4, 3, 2, 1, 2, id="fold-strided"),
-        pytest.param(8, 4, 7, 1, 3, 1, id="channels-last"),
-        pytest.param(2, 4, 7, 1, 12, 4, id="channels-last-dilated"),
-        pytest.param(20, 3, 3, 2, 1, 1, id="default"),
+        pytest.param(20, 3, 3, 2, 1, 1, id="default-strided"),
+        pytest.param(20, 20, 3, 1, 1, 1, id="channels-last-many-channels"),
     ],
 )
-def test_small_conv2d_equals_conv2d(ci, co, k, stride, padding, dilation):
-    x = torch.randn(2, ci, 13, 13, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("batch", [2, 19])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_small_conv2d_equals_conv2d(ci, co, k, stride, padding, dilation, batch, native, monkeypatch):
+    if not native:
+        monkeypatch.setenv(kernels.ENV, "0")
+    x = torch.randn(batch, ci, 13, 13, dtype=torch.float64, requires_grad=True)
     w = torch.randn(co, ci, k, k, dtype=torch.float64, requires_grad=True)
     y, y_ref = small_conv2d(x, w, None, stride, padding, dilation), F.conv2d(x, w, None, stride, padding, dilation)
     assert y.grad_fn is not None and type(y.grad_fn).__name__ != type(y_ref.grad_fn).__name__  # the custom backward
@@ -137,7 +142,8 @@ def test_small_conv2d_equals_conv2d(ci, co, k, stride, padding, dilation):
         assert rel_err(got, want) < 1e-12
     assert rel_err(y, y_ref) < 1e-12
     with torch.no_grad():
-        assert small_conv2d(x, w, None, stride, padding, dilation).grad_fn is None
+        y_eval = small_conv2d(x, w, None, stride, padding, dilation)
+        assert y_eval.grad_fn is None and rel_err(y_eval, y_ref) < 1e-12
 
 
 @pytest.fixture

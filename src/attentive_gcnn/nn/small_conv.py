@@ -1,7 +1,9 @@
-"""``F.conv2d`` for convs with few input channels (attention maps, the lifting conv), with a faster backward on
-the CPU.
+"""``F.conv2d`` for convs with few channels (attention maps, the lifting conv), faster on the CPU.
 
-On the CPU, oneDNN's input gradient of such convs is slow. :func:`small_conv2d` computes it where it is fast:
+Where the fused CPU kernels are built (``attentive_gcnn.kernels``), stride-1 convs with few channels (``Ci * Co <=
+LANE_CHANNELS``, ``padding <= d (k - 1)``, float) run as the lane-tile kernels ``lane_conv_forward`` /
+``lane_conv_backward`` (every vector lane one sample: no lane idles on small maps). Otherwise, on the CPU,
+oneDNN's input gradient of such convs is slow, and :func:`small_conv2d` computes it where it is fast:
 
 - few input taps (``Ci * k * k <= FOLD_TAPS``, e.g. a lifting conv on a grey image): one matmul of the output
   gradient with the weight, then ``F.fold`` (col2im), faster than oneDNN's in isolated timings here;
@@ -10,8 +12,8 @@ On the CPU, oneDNN's input gradient of such convs is slow. :func:`small_conv2d` 
 - otherwise as ``F.conv2d``'s own backward.
 
 The weight gradient is oneDNN's, in the default format (where it is fastest). Same values as ``F.conv2d`` to
-round-off; elsewhere (CUDA, under ``torch.compile``, without grad mode) it is ``F.conv2d`` itself. No groups;
-first-order gradients only.
+round-off; elsewhere (CUDA, under ``torch.compile``) it is ``F.conv2d`` itself. No groups; first-order gradients
+only.
 """
 
 from __future__ import annotations
@@ -22,13 +24,50 @@ from torch import Tensor
 
 FOLD_TAPS = 32
 CHANNELS_LAST_CHANNELS = 16
+LANE_CHANNELS = 256
+
+
+def _lane_kernels(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int):
+    """The fused kernels if this conv runs as ``lane_conv_forward``, else None."""
+    co, ci, k, _ = weight.shape
+    if stride != 1 or not 0 <= padding <= dilation * (k - 1) or ci * co > LANE_CHANNELS:
+        return None
+    if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
+        return None
+    from attentive_gcnn.kernels import cpu_kernels
+
+    return cpu_kernels("full_attend")
 
 
 def small_conv2d(x: Tensor, weight: Tensor, bias=None, stride: int = 1, padding: int = 0, dilation: int = 1) -> Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation)``, ``[B, Ci, X, Y] -> [B, Co, X', Y']``."""
-    if bias is not None or x.device.type != "cpu" or torch.compiler.is_compiling() or not torch.is_grad_enabled():
+    if bias is not None or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
+    kernels = _lane_kernels(x, weight, stride, padding, dilation)
+    if kernels is not None:
+        if not torch.is_grad_enabled():
+            return kernels.lane_conv_forward(x, weight, padding, dilation)
+        return _LaneConv2d.apply(x, weight, padding, dilation, kernels)
+    if not torch.is_grad_enabled():
         return F.conv2d(x, weight, bias, stride, padding, dilation)
     return _SmallConv2d.apply(x, weight, stride, padding, dilation)
+
+
+class _LaneConv2d(torch.autograd.Function):
+    """A stride-1 conv with few channels as the lane-tile kernels: ``(x, weight, padding, dilation, kernels)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding, dilation, kernels):
+        ctx.save_for_backward(x, weight)
+        ctx.conf, ctx.kernels = (padding, dilation), kernels
+        return kernels.lane_conv_forward(x, weight, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        grad_x, grad_w = ctx.kernels.lane_conv_backward(grad, x, weight, *ctx.conf, need_x, need_w)
+        return (grad_x if need_x else None), (grad_w if need_w else None), None, None, None
 
 
 def _fold_input_grad(grad: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int) -> Tensor:
