@@ -1,22 +1,24 @@
-// Fused CPU kernels of the lean full attention (see attentive_gcnn/nn/attention/lean.py).
+// Fused CPU kernels of the lean full attention (see attentive_gcnn/nn/attention/lean.py) and of small convs.
 //
 // - planewise_forward / planewise_backward: the spatial-attention conv, where every plane p has its own filter
 //   over S statistics: out[b, p] = sum_s w[p, s] (*) in_s[b, p], stride 1, padding d * (k // 2), dilation d.
 //   Inputs in_s [B, P, Y, X] (one tensor per statistic, no stacking), w [P, S, k, k], out [B, P, Y', X'].
+// - attention_map_forward / attention_map_backward: that conv on (sum_c a ft, max_c a ft), its sigmoid and the
+//   weighting sum_l sigmoid(logits) summed (optionally subtracted from the plain sum), fused.
 // - spatial_argmax: max and first arg-max over output positions of every intermediate response
 //   ft[b, o, j, c, l] = xin[b, (c, l)] (*) bank[o, j, c, l], without ft: [B, Co, |H|, Ci, L] each;
 //   spatial_max_backward: the gradients of that maximum.
 // - channel_argmax: the channel c* of max_c a[b, o, j, c, l] ft[b, o, j, c, l, y, x], that maximum and the
-//   channel sum sum_c a ft, l-major [B, L, Co, |H|, Y', X'];
+//   channel sum sum_c a ft, l-major [B, L, Co, |H|, Y', X'], and optionally the plain sum sum_{c, l} ft;
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
-//   gradients;
-// - channel_stats_backward: the gradients of sum_c a ft and of max_c a ft together (stride 1).
-// - attention_map_forward / attention_map_backward: the spatial attention's planewise conv, sigmoid and weighting
-//   sum_l sigmoid(logits) summed, fused.
+//   gradients (the stride-2 path);
+// - channel_stats_backward: the gradients of sum_c a ft, max_c a ft and the plain sum together (stride 1).
+// - lane_conv_forward / lane_conv_backward: a plain stride-1 conv with few channels.
 //
-// xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. The vector code
-// uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile to whatever SIMD the target
-// has; every kernel is templated on float and double.
+// xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. Most kernels work
+// in batch-minor lane tiles (LaneTiles): the planes of a block of samples, transposed so that each vector lane holds
+// one sample. The vector code uses GCC vector extensions (64-byte vectors: 16 floats or 8 doubles), which compile
+// to whatever SIMD the target has; every kernel is templated on float and double.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
