@@ -24,7 +24,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -448,6 +447,60 @@ Tensor planewise_forward(const std::vector<Tensor>& inputs, const Tensor& w, int
   return out;
 }
 
+// The two passes of a planewise conv's backward (see planewise_forward): for every plane p and block of samples,
+// grad_tile(p, b0, lanes, tile) writes the output gradient of the block into the interior of a zero-padded lane
+// tile (at (dpad, dpad)); pass 0 correlates it with each statistic's flipped filter, lets add_input_grad(s, buf)
+// add to that input gradient [Y * X][n] in place, and writes it to gi[s]; pass 1 forms the filter gradient. The
+// input gradients of every plane first, then the filter gradient: reading the inputs of a plane right after
+// writing its input gradient, in one pass, was measured 2x slower for shapes whose planes lie a multiple of 4 KiB
+// apart.
+template <typename T, typename GradTile, typename AddInputGrad>
+void planewise_backward_passes(const PlaneGeometry& g, const T* wp, const std::vector<const T*>& in,
+                               const std::vector<T*>& gi, T* dwp, bool need_x, bool need_w, GradTile grad_tile,
+                               AddInputGrad add_input_grad) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  const int64_t kk = g.k * g.k, YX = g.Y * g.X;
+  const int64_t dpad = g.d * (g.k - 1) - g.pad;  // the input gradient: correlation of grad with flipped filters
+  const int R = lane_block(g.X);
+  const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
+  const int64_t x_rows = g.Yo + g.d * (g.k - 1), x_cols = g.Xo + g.d * (g.k - 1);
+  for (int pass = need_x ? 0 : 1; pass < (need_w ? 2 : 1); ++pass) {
+    at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
+      LaneTiles<T> gt, xt;
+      gt.shape(1, g_rows, g_cols);
+      if (pass == 1) xt.shape(g.S, x_rows, x_cols);
+      std::vector<T> buf(pass == 0 ? YX * n : 0), flipped(g.S * kk);
+      std::vector<V> dW(pass == 1 ? g.S * kk : 0);
+      for (int64_t p = begin; p < end; ++p) {
+        const T* wpl = wp + p * g.S * kk;
+        for (int64_t s = 0; s < g.S; ++s)
+          for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
+        std::fill(dW.begin(), dW.end(), V{});
+        for (int64_t b0 = 0; b0 < g.B; b0 += n) {
+          const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+          const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
+          grad_tile(p, b0, lanes, gt);
+          if (pass == 0) {
+            for (int64_t s = 0; s < g.S; ++s) {
+              lane_correlate_any<T>(R, gt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Yo, g.Y, g.X,
+                                    buf.data());
+              add_input_grad(s, buf.data());
+              from_lanes<T>(gi[s] + plane, buf.data(), lanes, YX, stride_b);
+            }
+          } else {
+            for (int64_t s = 0; s < g.S; ++s) xt.fill(s, in[s] + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
+            lane_weight_grad_any<T>(xt, g.S, gt, 0, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo, dW.data());
+          }
+        }
+        if (pass == 1) {
+          for (int64_t i = 0; i < g.S * kk; ++i) dwp[p * g.S * kk + i] = hsum<T>(dW[i], n);
+        }
+      }
+    });
+  }
+}
+
 std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, const std::vector<Tensor>& inputs,
                                                                 const Tensor& w, int64_t dilation, bool need_x,
                                                                 bool need_w) {
@@ -473,48 +526,13 @@ std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, 
     std::vector<T*> gi;
     for (const Tensor& t : grad_inputs) gi.push_back(t.data_ptr<T>());
     T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
-    const int64_t kk = g.k * g.k, blocks = (g.B + n - 1) / n;
-    const int64_t dpad = g.d * (g.k - 1) - g.pad;  // the input gradient: correlation of grad with flipped filters
-    const int R = lane_block(g.X);
-    const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
-    const int64_t x_rows = g.Yo + g.d * (g.k - 1), x_cols = g.Xo + g.d * (g.k - 1);
-    // the input gradient for every plane first, then the filter gradient: one pass each (the planes of the
-    // tensors lie a multiple of 4 KiB apart for some shapes, and reading the inputs of a plane right after writing
-    // its input gradient, in one pass, was measured 2x slower)
-    for (int pass = need_x ? 0 : 1; pass < (need_w ? 2 : 1); ++pass) {
-      at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
-        LaneTiles<T> gt, xt;
-        gt.shape(1, g_rows, g_cols);
-        if (pass == 1) xt.shape(g.S, x_rows, x_cols);
-        std::vector<T> buf(pass == 0 ? g.Y * g.X * n : 0), flipped(g.S * kk);
-        std::vector<V> dW(pass == 1 ? g.S * kk : 0);
-        for (int64_t p = begin; p < end; ++p) {
-          const T* wpl = wp + p * g.S * kk;
-          for (int64_t s = 0; s < g.S; ++s) {
-            for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
-          }
-          std::fill(dW.begin(), dW.end(), V{});
-          for (int64_t b0 = 0; b0 < g.B; b0 += n) {
-            const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
-            gt.fill(0, gp + (b0 * g.P + p) * g.Yo * g.Xo, g.P * g.Yo * g.Xo, lanes, g.Yo, g.Xo, dpad, dpad);
-            if (pass == 0) {
-              for (int64_t s = 0; s < g.S; ++s) {
-                lane_correlate_any<T>(R, gt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Yo, g.Y, g.X,
-                                      buf.data());
-                from_lanes<T>(gi[s] + (b0 * g.P + p) * g.Y * g.X, buf.data(), lanes, g.Y * g.X, g.P * g.Y * g.X);
-              }
-            } else {
-              for (int64_t s = 0; s < g.S; ++s)
-                xt.fill(s, in[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X, lanes, g.Y, g.X, g.pad, g.pad);
-              lane_weight_grad_any<T>(xt, g.S, gt, 0, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo, dW.data());
-            }
-          }
-          if (pass == 1) {
-            for (int64_t i = 0; i < g.S * kk; ++i) dwp[p * g.S * kk + i] = hsum<T>(dW[i], n);
-          }
-        }
-      });
-    }
+    const int64_t dpad = g.d * (g.k - 1) - g.pad, YoXo = g.Yo * g.Xo;
+    planewise_backward_passes<T>(
+        g, wp, in, gi, dwp, need_x, need_w,
+        [&](int64_t p, int64_t b0, int lanes, LaneTiles<T>& gt) {
+          gt.fill(0, gp + (b0 * g.P + p) * YoXo, g.P * YoXo, lanes, g.Yo, g.Xo, dpad, dpad);
+        },
+        [](int64_t, T*) {});
   });
   return {grad_inputs, grad_w};
 }
@@ -647,69 +665,44 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
     constexpr int n = Simd<T>::n;
     const T *gp = grad_out.data_ptr<T>(), *sp = summed.data_ptr<T>(), *mp = with_max ? maximum.data_ptr<T>() : nullptr;
     const T *ap = a.data_ptr<T>(), *wp = w.data_ptr<T>();
-    const std::array<const T*, 2> in{sp, mp};
-    std::array<T*, 2> gi{need_x ? grad_summed.data_ptr<T>() : nullptr,
-                         need_x && with_max ? grad_maximum.data_ptr<T>() : nullptr};
+    T* gsp = need_x ? grad_summed.data_ptr<T>() : nullptr;
+    T* gmp = need_x && with_max ? grad_maximum.data_ptr<T>() : nullptr;
     T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
-    const int64_t kk = g.k * g.k, S = g.S;
     const int64_t dpad = g.d * (g.k - 1) - g.pad;
-    const int R = lane_block(g.X);
-    const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
-    const int64_t x_rows = g.Y + g.d * (g.k - 1), x_cols = g.X + g.d * (g.k - 1);
-    // pass 0: the input gradients; pass 1: the filter gradient (see planewise_backward)
-    for (int pass = need_x ? 0 : 1; pass < (need_w ? 2 : 1); ++pass) {
-      at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
-        LaneTiles<T> lt, xt;
-        lt.shape(1, g_rows, g_cols);
-        if (pass == 1) xt.shape(S, x_rows, x_cols);
-        std::vector<T> buf(pass == 0 ? YX * n : 0), flipped(S * kk), go(YX * n), av(YX * n), sv(YX * n);
-        std::vector<V> dW(pass == 1 ? S * kk : 0);
-        for (int64_t p = begin; p < end; ++p) {
-          const int64_t q = p % Q;
-          const T* wpl = wp + p * S * kk;
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
-          std::fill(dW.begin(), dW.end(), V{});
-          for (int64_t b0 = 0; b0 < g.B; b0 += n) {
-            const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
-            const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
-            to_lanes<T>(go.data(), gp + (b0 * Q + q) * YX, Q * YX, lanes, YX);
-            if (negate) {
-              for (int64_t i = 0; i < YX * n; i += n) storeu(go.data() + i, -loadu<V>(go.data() + i));
-            }
-            to_lanes<T>(av.data(), ap + plane, stride_b, lanes, YX);
-            to_lanes<T>(sv.data(), sp + plane, stride_b, lanes, YX);
-            // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
-            T* lg = lt.tile(0);
-            for (int64_t y = 0; y < g.Y; ++y) {
-              for (int64_t x = 0; x < g.X; ++x) {
-                const int64_t i = (y * g.X + x) * n;
-                const V av_ = loadu<V>(av.data() + i);
-                storeu(lg + ((y + dpad) * g_cols + x + dpad) * n,
-                       loadu<V>(go.data() + i) * loadu<V>(sv.data() + i) * av_ * (T(1) - av_));
-              }
-            }
-            if (pass == 0) {
-              for (int64_t s = 0; s < S; ++s) {
-                lane_correlate_any<T>(R, lt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Y, g.Y, g.X,
-                                      buf.data());
-                if (s == 0) {  // + g a, the weighting's gradient
-                  for (int64_t i = 0; i < YX * n; i += n)
-                    storeu(buf.data() + i, loadu<V>(buf.data() + i) + loadu<V>(go.data() + i) * loadu<V>(av.data() + i));
-                }
-                from_lanes<T>(gi[s] + plane, buf.data(), lanes, YX, stride_b);
-              }
-            } else {
-              for (int64_t s = 0; s < S; ++s) xt.fill(s, in[s] + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
-              lane_weight_grad_any<T>(xt, S, lt, 0, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Y, g.X, dW.data());
+    // per thread: the block's output gradient g, map a and summed as lane tiles (g and a kept for the weighting's
+    // gradient g a)
+    const int threads = at::get_num_threads();
+    std::vector<std::vector<T>> go(threads, std::vector<T>(YX * n)), av(threads, std::vector<T>(YX * n));
+    std::vector<std::vector<T>> sv(threads, std::vector<T>(YX * n));
+    planewise_backward_passes<T>(
+        g, wp, {sp, mp}, {gsp, gmp}, dwp, need_x, need_w,
+        [&](int64_t p, int64_t b0, int lanes, LaneTiles<T>& lt) {
+          const int tid = at::get_thread_num();
+          T *gov = go[tid].data(), *a_v = av[tid].data(), *s_v = sv[tid].data();
+          const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
+          to_lanes<T>(gov, gp + (b0 * Q + p % Q) * YX, Q * YX, lanes, YX);
+          if (negate) {
+            for (int64_t i = 0; i < YX * n; i += n) storeu(gov + i, -loadu<V>(gov + i));
+          }
+          to_lanes<T>(a_v, ap + plane, stride_b, lanes, YX);
+          to_lanes<T>(s_v, sp + plane, stride_b, lanes, YX);
+          T* lg = lt.tile(0);  // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
+          for (int64_t y = 0; y < g.Y; ++y) {
+            for (int64_t x = 0; x < g.X; ++x) {
+              const int64_t i = (y * g.X + x) * n;
+              const V a_i = loadu<V>(a_v + i);
+              storeu(lg + ((y + dpad) * lt.cols + x + dpad) * n,
+                     loadu<V>(gov + i) * loadu<V>(s_v + i) * a_i * (T(1) - a_i));
             }
           }
-          if (pass == 1) {
-            for (int64_t i = 0; i < S * kk; ++i) dwp[p * S * kk + i] = hsum<T>(dW[i], n);
-          }
-        }
-      });
-    }
+        },
+        [&](int64_t s, T* buf) {
+          if (s != 0) return;  // + g a, the weighting's gradient of summed
+          const int tid = at::get_thread_num();
+          const T *gov = go[tid].data(), *a_v = av[tid].data();
+          for (int64_t i = 0; i < YX * n; i += n)
+            storeu(buf + i, loadu<V>(buf + i) + loadu<V>(gov + i) * loadu<V>(a_v + i));
+        });
   });
   return {grad_summed, grad_maximum, grad_w};
 }
