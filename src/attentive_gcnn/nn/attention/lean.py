@@ -83,7 +83,9 @@ def window_means(xin: Tensor, k: int, geo: ConvGeometry) -> Tensor:
     """
     rows = geo.tap_indicator(xin.shape[-2], geo.out_hw[0], k, xin)
     cols = geo.tap_indicator(xin.shape[-1], geo.out_hw[1], k, xin)
-    return torch.matmul(torch.matmul(rows, xin), cols.t()) / geo.pixels
+    b, c, y, x = xin.shape
+    by_col = (xin.reshape(-1, x) @ cols.t()).view(b * c, y, k)  # one matmul for all rows of all planes
+    return torch.einsum("dy,nye->nde", rows, by_col).view(b, c, k, k) / geo.pixels
 
 
 def mean_responses(xin: Tensor, bank: Tensor, geo: ConvGeometry) -> Tensor:
