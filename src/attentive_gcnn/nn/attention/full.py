@@ -63,14 +63,15 @@ class FullChannelAttention(KeepsMap, nn.Module):
         """``sigmoid(mlp(s_avg) + mlp(s_max))`` for the output channels ``o``: ``[B, Co', |H|, Ci, n_in]``."""
         n_w = self.n_weights
         w1, w2 = self.weight_fc1[o], self.weight_fc2[o]
-        w1 = w1.reshape(*w1.shape[:3], n_w)[..., self.relative]  # [Co,q,Ci,H,n_in]
-        w2 = w2.reshape(*w2.shape[:3], n_w)[..., self.relative]  # [Co,Ci,q,H,n_in]
-
-        def mlp(s: Tensor) -> Tensor:  # s [B, Co, H, Ci, n_in]
-            hid = torch.relu(torch.einsum("oqcjl,bojcl->bojql", w1, s))
-            return torch.einsum("ocqjl,bojql->bojcl", w2, hid)
-
-        return torch.sigmoid(mlp(s_avg) + mlp(s_max))
+        co, q, ci = w1.shape[:3]
+        n_h, n_in = self.relative.shape
+        # one batched matmul per MLP layer, over (o, j, l), for both statistics: [(o, j, l), 2B, c]
+        w1 = w1.reshape(co, q, ci, n_w)[..., self.relative].permute(0, 3, 4, 2, 1).reshape(-1, ci, q)
+        w2 = w2.reshape(co, ci, q, n_w)[..., self.relative].permute(0, 3, 4, 2, 1).reshape(-1, q, ci)
+        b = s_avg.shape[0]
+        s = torch.stack((s_avg, s_max)).permute(2, 3, 5, 0, 1, 4).reshape(-1, 2 * b, ci)
+        out = torch.bmm(torch.relu(torch.bmm(s, w1)), w2).view(co, n_h, n_in, 2, b, ci).sum(3)
+        return torch.sigmoid(out).permute(3, 0, 1, 4, 2)  # [B, Co, H, Ci, n_in]
 
 
 class FullSpatialAttention(KeepsMap, nn.Module):
