@@ -264,7 +264,8 @@ class AttGConv(GConv):
         step = self.chunk_size(per_channel, self.attend_chunk_elements)
         # the channel map and the spatial kernels for all output channels, then split into chunks: one backward
         # node for the split, not one zero-filled copy per sliced chunk
-        sizes = [min(step, self.out_channels - o0) for o0 in range(0, self.out_channels, step)]
+        n_chunks = -(-self.out_channels // step)  # as few chunks as the budget allows, of balanced sizes
+        sizes = [self.out_channels // n_chunks + (i < self.out_channels % n_chunks) for i in range(n_chunks)]
         a_all = ca.from_stats(s_avg, s_max) if ca is not None else None
         bank_x = None
         if sa is not None:
