@@ -201,9 +201,10 @@ def test_native_spatial_attention_equals_torch(full_native, dtype, case, with_pl
     bank = torch.randn(n_in * co * h, stats, k, k, dtype=dtype, requires_grad=True)
     plain = torch.randn(b, co, h, y, x, dtype=dtype, requires_grad=True) if with_plain else None
     leaves = [t for t in (summed, maximum, bank, plain) if t is not None]
-    got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain)
+    scale = 1.5 if with_plain else 1.0  # the layer's Haar factor, applied by the kernel
+    got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain, scale)
     monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
-    want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain)
+    want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain, scale)
     same(got, want, dtype)
     same(got_a, want_a, dtype)
     assert not got_a.requires_grad

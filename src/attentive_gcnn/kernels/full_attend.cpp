@@ -569,10 +569,10 @@ inline typename Simd<T>::V lane_exp(typename Simd<T>::V x) {
 // The spatial attention of the full attention, fused: logits = planewise conv of (summed, maximum) by w (planes
 // p = (l, q), l-major, 'same' padding), a = sigmoid(logits), out[b, q] = sum_l a summed. summed, maximum: [B, L * Q,
 // Y, X] (maximum may be undefined: one statistic); returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. With plain
-// [B, Q, Y, X], out = plain - sum_l a summed.
+// [B, Q, Y, X], out = plain - sum_l a summed; either times scale.
 // One task per filter q and block of samples, over l.
 std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const Maybe& maximum_, const Tensor& w,
-                                                 int64_t L, int64_t dilation, const Maybe& plain_) {
+                                                 int64_t L, int64_t dilation, const Maybe& plain_, double scale) {
   const bool with_max = maximum_.has_value() && maximum_->defined();  // else one statistic (w [P, 1, k, k])
   const Tensor maximum = with_max ? maximum_->contiguous() : Tensor();
   const PlaneGeometry g = with_max ? planewise_geometry({summed, maximum}, w, dilation)
@@ -624,9 +624,12 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const May
           }
           from_lanes<T>(ap + plane, logits.data(), lanes, YX, stride_b);
         }
-        if (pp) {  // plain - sum_l a summed
+        if (pp) {  // scale (plain - sum_l a summed)
           to_lanes<T>(pl.data(), pp + (b0 * Q + q) * YX, Q * YX, lanes, YX);
-          for (int64_t i = 0; i < YX * n; i += n) storeu(acc.data() + i, loadu<V>(pl.data() + i) - loadu<V>(acc.data() + i));
+          for (int64_t i = 0; i < YX * n; i += n)
+            storeu(acc.data() + i, (loadu<V>(pl.data() + i) - loadu<V>(acc.data() + i)) * static_cast<T>(scale));
+        } else if (scale != 1.0) {
+          for (int64_t i = 0; i < YX * n; i += n) storeu(acc.data() + i, loadu<V>(acc.data() + i) * static_cast<T>(scale));
         }
         from_lanes<T>(op + (b0 * Q + q) * YX, acc.data(), lanes, YX, Q * YX);
       }
@@ -639,11 +642,12 @@ std::tuple<Tensor, Tensor> attention_map_forward(const Tensor& summed, const May
 // maximum) by w (planes p = (l, q), 'same' padding), a = sigmoid(logits) (saved) and out[b, q] = sum_l a summed,
 // given grad_out [B, Q, Y, X]: the logits' gradient g a (1 - a) summed is formed in the lane tiles (never stored),
 // and grad_summed = g a + its planewise input gradient, grad_maximum, grad_w. summed, maximum, a: [B, L * Q, Y, X]
-// (planes l-major), w [L * Q, 2, k, k]. negate: the output was plain - sum_l a summed (g = -grad_out).
+// (planes l-major), w [L * Q, 2, k, k]. negate: the output was plain - sum_l a summed; scale: it was scaled (g =
+// +-scale grad_out).
 std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out_, const Tensor& summed,
                                                           const Maybe& maximum_, const Tensor& a, const Tensor& w,
                                                           int64_t L, int64_t dilation, bool need_x, bool need_w,
-                                                          bool negate) {
+                                                          bool negate, double scale) {
   const bool with_max = maximum_.has_value() && maximum_->defined();  // else one statistic (w [P, 1, k, k])
   const Tensor maximum = with_max ? maximum_->contiguous() : Tensor();
   const PlaneGeometry g = with_max ? planewise_geometry({summed, maximum}, w, dilation)
@@ -681,8 +685,9 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
           T *gov = go[tid].data(), *a_v = av[tid].data(), *s_v = sv[tid].data();
           const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
           to_lanes<T>(gov, gp + (b0 * Q + p % Q) * YX, Q * YX, lanes, YX);
-          if (negate) {
-            for (int64_t i = 0; i < YX * n; i += n) storeu(gov + i, -loadu<V>(gov + i));
+          const T factor = static_cast<T>(negate ? -scale : scale);
+          if (factor != T(1)) {
+            for (int64_t i = 0; i < YX * n; i += n) storeu(gov + i, loadu<V>(gov + i) * factor);
           }
           to_lanes<T>(a_v, ap + plane, stride_b, lanes, YX);
           to_lanes<T>(s_v, sp + plane, stride_b, lanes, YX);

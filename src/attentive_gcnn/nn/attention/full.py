@@ -208,7 +208,9 @@ class AttGConv(GConv):
         return y.view(y.shape[0], ci, n_in, co, n_h, *y.shape[-2:])
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._lean(x) if self.impl == "lean" else self._reference(x)
+        if self.impl == "lean":
+            return self._lean(x)  # scaled inside (by the fused kernels where they make the output)
+        out = self._reference(x)
         return out * self.scale if self.scale != 1.0 else out
 
     def _reference(self, x: Tensor) -> Tensor:
@@ -296,7 +298,7 @@ class AttGConv(GConv):
         out = torch.cat(outs, dim=1)
         if sa is not None and self.combine == "one_minus_product" and not fused_plain:  # one conv for all channels
             out = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) - out
-        return out
+        return out * self.scale if self.scale != 1.0 and not fused_plain else out
 
     def _attend(self, xin, bank, a, bank_x, channel_at, winner, geo, fused_plain=False) -> tuple:
         """The layer's output for the output channels of ``bank`` (a chunk), given their channel map ``a [B, Co',
@@ -325,7 +327,8 @@ class AttGConv(GConv):
         if single:
             maximum, bank_x = None, bank_x.sum(dim=1, keepdim=True)
         # sum_l a_X G_l, or plain - sum_l a_X G_l; without plain, _lean subtracts it from the plain conv
-        out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation, plain)
+        scale = self.scale if plain is not None else 1.0  # the fused kernels apply the layer's scale too
+        out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation, plain, scale)
         if sa.keep_map:
             x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
         return out, a_map, x_map

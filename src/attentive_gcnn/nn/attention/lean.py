@@ -448,12 +448,18 @@ def native_kernels(t: Tensor):
 
 
 def spatial_attention_sum(
-    summed: Tensor, maximum: Tensor | None, bank: Tensor, dilation: int, plain: Tensor | None = None
+    summed: Tensor,
+    maximum: Tensor | None,
+    bank: Tensor,
+    dilation: int,
+    plain: Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """``(sum_l a * summed, a)`` with ``a = sigmoid(logits)``, ``logits = planewise_conv([summed, maximum], bank)``:
     the spatial attention map of the full attention and its weighting of the channel sums; with ``plain``, the
-    first output is ``plain - sum_l a * summed`` (the layer's one-minus-product output). ``maximum`` None: one
-    statistic, ``summed`` (``bank [(l, o, j), 1, k, k]``), for layers where the two are the same tensor.
+    first output is ``plain - sum_l a * summed`` (the layer's one-minus-product output); either times ``scale``.
+    ``maximum`` None: one statistic, ``summed`` (``bank [(l, o, j), 1, k, k]``), for layers where the two are the
+    same tensor.
 
     ``summed, maximum [B, n_in, Co', |H|, X, Y]`` (l-major), ``bank [(l, o, j), 2, k, k]`` (odd k), ``plain [B,
     Co', |H|, X, Y]`` -> ``[B, Co', |H|, X, Y]`` and ``a`` (the shape of ``summed``; no gradient flows through it).
@@ -461,32 +467,33 @@ def spatial_attention_sum(
     :func:`planewise_conv` and torch ops.
     """
     if native_kernels(bank) is not None:
-        out, a = NativeSpatialAttention.apply(summed, maximum, bank, dilation, plain)
+        out, a = NativeSpatialAttention.apply(summed, maximum, bank, dilation, plain, scale)
         return out, a
     stats = [t.flatten(1, 3) for t in (summed, maximum) if t is not None]
     a = torch.sigmoid(planewise_conv(stats, bank, dilation).view_as(summed))
     out = (a * summed).sum(dim=1)
-    return (out if plain is None else plain - out), a.detach()
+    out = out if plain is None else plain - out
+    return (out * scale if scale != 1.0 else out), a.detach()
 
 
 class NativeSpatialAttention(torch.autograd.Function):
     """:func:`spatial_attention_sum` as fused kernels: the planewise conv, the sigmoid and the weighting (and the
     subtraction from ``plain``) in one pass (``attention_map_forward``), and the backward in one pass
     (``attention_map_backward``) that forms the logits' gradient in its tiles and adds the weighting's gradient of
-    ``summed`` to the conv's. Arguments ``(summed, maximum, bank, dilation, plain)`` (``plain`` may be None);
-    returns ``(out, a)``, ``a`` not differentiable."""
+    ``summed`` to the conv's. Arguments ``(summed, maximum, bank, dilation, plain, scale)`` (``plain`` may be
+    None); returns ``(out, a)``, ``a`` not differentiable."""
 
     @staticmethod
-    def forward(ctx, summed, maximum, bank, dilation: int, plain) -> tuple[Tensor, Tensor]:
+    def forward(ctx, summed, maximum, bank, dilation: int, plain, scale: float) -> tuple[Tensor, Tensor]:
         kernels = native_kernels(bank)
         summed, bank = summed.contiguous(), bank.contiguous()
         maximum = None if maximum is None else maximum.contiguous()
         out, a = kernels.attention_map_forward(
-            summed.flatten(1, 3), _flat(maximum), bank, summed.shape[1], dilation, plain
+            summed.flatten(1, 3), _flat(maximum), bank, summed.shape[1], dilation, plain, scale
         )
         out, a = out.view(summed.shape[:1] + summed.shape[2:]), a.view_as(summed)
         ctx.save_for_backward(summed, maximum, a, bank)
-        ctx.dilation, ctx.kernels, ctx.with_plain = dilation, kernels, plain is not None
+        ctx.dilation, ctx.kernels, ctx.with_plain, ctx.scale = dilation, kernels, plain is not None, scale
         ctx.mark_non_differentiable(a)
         ctx.set_materialize_grads(False)  # no zero tensor for a's gradient
         return out, a
@@ -495,7 +502,7 @@ class NativeSpatialAttention(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
         summed, maximum, a, bank = ctx.saved_tensors
         if grad is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_summed, grad_maximum, grad_bank = ctx.kernels.attention_map_backward(
             grad,
@@ -508,11 +515,12 @@ class NativeSpatialAttention(torch.autograd.Function):
             need_x,
             ctx.needs_input_grad[2],
             ctx.with_plain,
+            ctx.scale,
         )
         grad_summed = grad_summed.view_as(summed) if need_x else None
         grad_maximum = grad_maximum.view_as(maximum) if need_x and maximum is not None else None
-        grad_plain = grad if ctx.with_plain and ctx.needs_input_grad[4] else None
-        return grad_summed, grad_maximum, grad_bank, None, grad_plain
+        grad_plain = grad * ctx.scale if ctx.with_plain and ctx.needs_input_grad[4] else None
+        return grad_summed, grad_maximum, grad_bank, None, grad_plain, None
 
 
 def _flat(t: Tensor | None) -> Tensor | None:
