@@ -83,6 +83,8 @@ inline T hsum(const V& v, int n) {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+constexpr int64_t MAX_TAPS = 121;  // the largest filter some kernels keep in local arrays (11 x 11)
+
 void check(const Tensor& t, const Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type(), name,
               " must be a contiguous CPU tensor of the dtype of the input");
@@ -1073,6 +1075,7 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
   const int64_t n_stats = g.B * g.Q * g.Ci * g.L, kk = g.k * g.k, CL = g.Ci * g.L;
   TORCH_CHECK(grad.numel() == n_stats, "grad must be [B, Co, |H|, Ci, L]");
   TORCH_CHECK(pos.numel() == n_stats && pos.scalar_type() == at::kInt, "pos must be int32 [B, Co, |H|, Ci, L]");
+  TORCH_CHECK(kk <= MAX_TAPS, "spatial_max_backward: filters of at most ", MAX_TAPS, " taps");
   Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
   Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
   if (!need_x && !need_w) return {grad_x, grad_w};
@@ -1104,17 +1107,26 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
         for (int64_t q = 0; q < g.Q; ++q) {
           const T* w = wp + (q * CL + cl) * kk;
           T* dwq = need_w ? dw + (q * CL + cl) * kk : nullptr;
+          // the filter and its gradient in local arrays (no store to the tiles can alias them: registers)
+          T wl[MAX_TAPS], acc[MAX_TAPS];
+          for (int64_t t = 0; t < kk; ++t) {
+            wl[t] = w[t];
+            acc[t] = T(0);
+          }
           for (int j = 0; j < lanes; ++j) {
             const int64_t i = ((b0 + j) * g.Q + q) * CL + cl;
             const T gv = gp[i];
             if (gv == T(0)) continue;
             const int64_t p = pp[i], at = ((p / g.Xo) * g.stride * cols + (p % g.Xo) * g.stride) * n + j;
             if (need_x) {
-              for (int64_t t = 0; t < kk; ++t) dx[at + off[t]] += gv * w[t];
+              for (int64_t t = 0; t < kk; ++t) dx[at + off[t]] += gv * wl[t];
             }
             if (need_w) {
-              for (int64_t t = 0; t < kk; ++t) dwq[t] += gv * x[at + off[t]];
+              for (int64_t t = 0; t < kk; ++t) acc[t] += gv * x[at + off[t]];
             }
+          }
+          if (need_w) {
+            for (int64_t t = 0; t < kk; ++t) dwq[t] += acc[t];
           }
         }
         if (need_x) {  // the tile's input region -> grad_x (positions the conv never reads keep their zero)
