@@ -1182,15 +1182,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, con
     T* pp = with_plain ? plain.data_ptr<T>() : nullptr;
     uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
     int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
-    // one task per block of samples; within it, for each strip of XC output columns of a row, all filters in
-    // turn, so that the inputs the strip reads (k rows of every channel) stay in the L1 cache
-    constexpr int64_t XC = 8;
+    // one task per block of samples; within it, per filter block, all output positions, whose outputs go out
+    // right away (they stay in the L2 cache, with the input tiles)
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      using Index = typename Simd<T>::Index;
       LaneTiles<T> xt;
       std::vector<V> av(ap ? g.Q * g.Ci : 0);
-      std::vector<T> sum(g.Q * P * n), best(g.Q * P * n), pl(pp ? g.Q * P * n : 0);
-      std::vector<I> chan(g.Q * P);
-      std::vector<typename Simd<T>::Index> chan_rows(n * P);
+      std::vector<T> sum(QB * P * n), best(QB * P * n), pl(pp ? g.Q * P * n : 0);
+      std::vector<I> chan(QB * P);
+      std::vector<Index> chan_rows(n * P);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b0 = item * n;
         const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
@@ -1203,47 +1203,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, con
               for (int64_t qc = 0; qc < g.Q * g.Ci; ++qc) av[qc][j] = j < lanes ? aj[qc * g.L] : T(0);
             }
           }
-          for (int64_t y = 0; y < g.Yo; ++y) {
-            for (int64_t x0 = 0; x0 < g.Xo; x0 += XC) {
-              const int64_t x1 = std::min(g.Xo, x0 + XC);
-              for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
-                qb = std::min(QB, g.Q - q0);
-                const T* w[4];
-                for (int i = 0; i < qb; ++i) w[i] = wp + ((q0 + i) * g.Ci * g.L + l) * kk;
-                for (int64_t xo = x0; xo < x1; ++xo) {
-                  const int64_t p = y * g.Xo + xo, at = (y * g.stride * g.cols + xo * g.stride) * n;
-                  V s[4], m[4], ps[4];
-                  I c[4];
-                  for (int i = 0; i < qb; ++i) ps[i] = pp ? loadu<V>(pl.data() + ((q0 + i) * P + p) * n) : V{};
-                  BY_TAPS(kk, qb, lane_channel_argmax, xt, off.data(), w, g.L * kk,
-                          ap ? av.data() + q0 * g.Ci : nullptr, g.Ci, kk, at, s, m, c, pp ? ps : nullptr);
-                  for (int i = 0; i < qb; ++i) {
-                    const int64_t qp = (q0 + i) * P + p;
-                    storeu(sum.data() + qp * n, s[i]);
-                    storeu(best.data() + qp * n, m[i]);
-                    chan[qp] = c[i];
-                    if (pp) storeu(pl.data() + qp * n, ps[i]);
-                  }
+          for (int64_t q0 = 0, qb = 0; q0 < g.Q; q0 += qb) {
+            qb = std::min(QB, g.Q - q0);
+            const T* w[4];
+            for (int i = 0; i < qb; ++i) w[i] = wp + ((q0 + i) * g.Ci * g.L + l) * kk;
+            for (int64_t y = 0; y < g.Yo; ++y) {
+              for (int64_t xo = 0; xo < g.Xo; ++xo) {
+                const int64_t p = y * g.Xo + xo, at = (y * g.stride * g.cols + xo * g.stride) * n;
+                V s[4], m[4], ps[4];
+                I c[4];
+                for (int i = 0; i < qb; ++i) ps[i] = pp ? loadu<V>(pl.data() + ((q0 + i) * P + p) * n) : V{};
+                BY_TAPS(kk, qb, lane_channel_argmax, xt, off.data(), w, g.L * kk,
+                        ap ? av.data() + q0 * g.Ci : nullptr, g.Ci, kk, at, s, m, c, pp ? ps : nullptr);
+                for (int i = 0; i < qb; ++i) {
+                  storeu(sum.data() + (i * P + p) * n, s[i]);
+                  storeu(best.data() + (i * P + p) * n, m[i]);
+                  chan[i * P + p] = c[i];
+                  if (pp) storeu(pl.data() + ((q0 + i) * P + p) * n, ps[i]);
                 }
               }
             }
-          }
-          for (int64_t q = 0; q < g.Q; ++q) {  // lane tiles -> [B, L, Q, Yo, Xo]
-            const int64_t out = ((b0 * g.L + l) * g.Q + q) * P, stride_b = g.L * g.Q * P;
-            from_lanes<T>(sp + out, sum.data() + q * P * n, lanes, P, stride_b);
-            from_lanes<T>(mp + out, best.data() + q * P * n, lanes, P, stride_b);
-            // the winning channels: transposed as raw lane bits (Index has the size of T), then narrowed per lane
-            using Index = typename Simd<T>::Index;
-            from_lanes<T>(reinterpret_cast<T*>(chan_rows.data()), reinterpret_cast<const T*>(chan.data()) + q * P * n,
-                          lanes, P, P);
-            for (int j = 0; j < lanes; ++j) {
-              const Index* src_j = chan_rows.data() + j * P;
-              if (c8) {
-                uint8_t* dst = c8 + out + j * stride_b;
-                for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<uint8_t>(src_j[p]);
-              } else {
-                int32_t* dst = c32 + out + j * stride_b;
-                for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<int32_t>(src_j[p]);
+            for (int i = 0; i < qb; ++i) {  // lane tiles -> [B, L, Q, Yo, Xo]
+              const int64_t out = ((b0 * g.L + l) * g.Q + q0 + i) * P, stride_b = g.L * g.Q * P;
+              from_lanes<T>(sp + out, sum.data() + i * P * n, lanes, P, stride_b);
+              from_lanes<T>(mp + out, best.data() + i * P * n, lanes, P, stride_b);
+              // the winning channels: transposed as raw lane bits (Index has the size of T), narrowed per lane
+              from_lanes<T>(reinterpret_cast<T*>(chan_rows.data()), reinterpret_cast<const T*>(chan.data()) + i * P * n,
+                            lanes, P, P);
+              for (int j = 0; j < lanes; ++j) {
+                const Index* src_j = chan_rows.data() + j * P;
+                if (c8) {
+                  uint8_t* dst = c8 + out + j * stride_b;
+                  for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<uint8_t>(src_j[p]);
+                } else {
+                  int32_t* dst = c32 + out + j * stride_b;
+                  for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<int32_t>(src_j[p]);
+                }
               }
             }
           }
