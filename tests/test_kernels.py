@@ -153,32 +153,6 @@ def full_native():
     return module
 
 
-PLANEWISE_CASES = [  # B, P, Y, X, S, k, dilation
-    (3, 5, 12, 21, 2, 7, 1),
-    (2, 3, 1, 1, 2, 7, 1),  # a 1 x 1 map: only the centre tap
-    (2, 4, 10, 13, 2, 7, 2),
-    (2, 2, 9, 17, 3, 4, 1),  # an even kernel: the output is d larger
-    (1, 2, 5, 3, 1, 3, 3),  # dilation beyond the map
-    (19, 3, 6, 5, 2, 7, 1),  # more samples than vector lanes, the last lane block partly empty
-]
-
-
-@needs_compiler
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", PLANEWISE_CASES, ids=str)
-def test_native_planewise_conv_is_the_grouped_conv(full_native, dtype, case):
-    b, p, y, x, s, k, d = case
-    planes = [torch.randn(b, p, y, x, dtype=dtype, requires_grad=True) for _ in range(s)]
-    w = torch.randn(p, s, k, k, dtype=dtype, requires_grad=True)
-    want = F.conv2d(torch.stack(planes, 2).flatten(1, 2), w, padding=d * (k // 2), dilation=d, groups=p)
-    got = lean.NativePlanewiseConv.apply(w, d, *planes)
-    same(got, want, dtype)
-    g = torch.randn_like(want)
-    wanted = torch.autograd.grad(want, [w, *planes], g)
-    for a, b_ in zip(torch.autograd.grad(got, [w, *planes], g), wanted, strict=True):
-        same(a, b_, dtype)
-
-
 SPATIAL_CASES = [  # B, n_in, Co, |H|, Y, X, k, dilation
     (3, 4, 2, 4, 9, 7, 7, 1),
     (19, 1, 3, 4, 6, 5, 7, 1),  # lifting (n_in = 1); more samples than vector lanes

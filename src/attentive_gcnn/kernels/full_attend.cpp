@@ -1,10 +1,9 @@
 // Fused CPU kernels of the lean full attention (see attentive_gcnn/nn/attention/lean.py) and of small convs.
 //
-// - planewise_forward / planewise_backward: the spatial-attention conv, where every plane p has its own filter
-//   over S statistics: out[b, p] = sum_s w[p, s] (*) in_s[b, p], stride 1, padding d * (k // 2), dilation d.
-//   Inputs in_s [B, P, Y, X] (one tensor per statistic, no stacking), w [P, S, k, k], out [B, P, Y', X'].
-// - attention_map_forward / attention_map_backward: that conv on (sum_c a ft, max_c a ft), its sigmoid and the
-//   weighting sum_l sigmoid(logits) summed (optionally subtracted from the plain sum), fused.
+// - attention_map_forward / attention_map_backward: the spatial-attention conv, where every plane p has its own
+//   filter over the statistics (sum_c a ft, max_c a ft): logits[b, p] = sum_s w[p, s] (*) stat_s[b, p], stride 1,
+//   padding d * (k // 2), dilation d; its sigmoid and the weighting sum_l sigmoid(logits) summed (optionally
+//   subtracted from the plain sum, and scaled), fused.
 // - spatial_argmax: max and first arg-max over output positions of every intermediate response
 //   ft[b, o, j, c, l] = xin[b, (c, l)] (*) bank[o, j, c, l], without ft: [B, Co, |H|, Ci, L] each;
 //   spatial_max_backward: the gradients of that maximum.
@@ -24,6 +23,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -33,9 +33,6 @@
 #include <vector>
 
 namespace {
-#ifndef STRIP_KB
-#define STRIP_KB 64
-#endif
 
 using at::Tensor;
 using Maybe = std::optional<Tensor>;
@@ -83,7 +80,10 @@ inline T hsum(const V& v, int n) {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-constexpr int64_t MAX_TAPS = 121;  // the largest filter some kernels keep in local arrays (11 x 11)
+constexpr int64_t MAX_TAPS = 121;
+// the rows of channel_stats_backward's strips: one filter's gradient planes of a strip in this many bytes (measured
+// no slower than 16 KiB strips or none)
+constexpr int64_t STATS_STRIP_BYTES = 64 * 1024;  // the largest filter some kernels keep in local arrays (11 x 11)
 
 void check(const Tensor& t, const Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type(), name,
@@ -418,128 +418,6 @@ void lane_weight_grad_any(const LaneTiles<T>& in, int64_t SI, const LaneTiles<T>
   }
 }
 
-Tensor planewise_forward(const std::vector<Tensor>& inputs, const Tensor& w, int64_t dilation) {
-  const PlaneGeometry g = planewise_geometry(inputs, w, dilation);
-  Tensor out = at::empty({g.B, g.P, g.Yo, g.Xo}, inputs[0].options());
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "planewise_forward", [&] {
-    using T = scalar_t;
-    constexpr int n = Simd<T>::n;
-    std::vector<const T*> in;
-    for (const Tensor& t : inputs) in.push_back(t.data_ptr<T>());
-    const T* wp = w.data_ptr<T>();
-    T* op = out.data_ptr<T>();
-    const int R = lane_block(g.Xo);
-    const int64_t blocks = (g.B + n - 1) / n, kk = g.k * g.k;
-    const int64_t rows = g.Yo + g.d * (g.k - 1), cols = round_up(g.Xo, R) + g.d * (g.k - 1);
-    at::parallel_for(0, g.P * blocks, 1, [&](int64_t begin, int64_t end) {
-      LaneTiles<T> tiles;
-      std::vector<T> buf(g.Yo * g.Xo * n);
-      tiles.shape(g.S, rows, cols);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t p = item / blocks, b0 = (item % blocks) * n;
-        const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
-        for (int64_t s = 0; s < g.S; ++s)
-          tiles.fill(s, in[s] + (b0 * g.P + p) * g.Y * g.X, g.P * g.Y * g.X, lanes, g.Y, g.X, g.pad, g.pad);
-        lane_correlate_any<T>(R, tiles, 0, g.S, wp + p * g.S * kk, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo,
-                              buf.data());
-        from_lanes<T>(op + (b0 * g.P + p) * g.Yo * g.Xo, buf.data(), lanes, g.Yo * g.Xo, g.P * g.Yo * g.Xo);
-      }
-    });
-  });
-  return out;
-}
-
-// The two passes of a planewise conv's backward (see planewise_forward): for every plane p and block of samples,
-// grad_tile(p, b0, lanes, tile) writes the output gradient of the block into the interior of a zero-padded lane
-// tile (at (dpad, dpad)); pass 0 correlates it with each statistic's flipped filter, lets add_input_grad(s, buf)
-// add to that input gradient [Y * X][n] in place, and writes it to gi[s]; pass 1 forms the filter gradient. The
-// input gradients of every plane first, then the filter gradient: reading the inputs of a plane right after
-// writing its input gradient, in one pass, was measured 2x slower for shapes whose planes lie a multiple of 4 KiB
-// apart.
-template <typename T, typename GradTile, typename AddInputGrad>
-void planewise_backward_passes(const PlaneGeometry& g, const T* wp, const std::vector<const T*>& in,
-                               const std::vector<T*>& gi, T* dwp, bool need_x, bool need_w, GradTile grad_tile,
-                               AddInputGrad add_input_grad) {
-  using V = typename Simd<T>::V;
-  constexpr int n = Simd<T>::n;
-  const int64_t kk = g.k * g.k, YX = g.Y * g.X;
-  const int64_t dpad = g.d * (g.k - 1) - g.pad;  // the input gradient: correlation of grad with flipped filters
-  const int R = lane_block(g.X);
-  const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
-  const int64_t x_rows = g.Yo + g.d * (g.k - 1), x_cols = g.Xo + g.d * (g.k - 1);
-  for (int pass = need_x ? 0 : 1; pass < (need_w ? 2 : 1); ++pass) {
-    at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
-      LaneTiles<T> gt, xt;
-      gt.shape(1, g_rows, g_cols);
-      if (pass == 1) xt.shape(g.S, x_rows, x_cols);
-      std::vector<T> buf(pass == 0 ? YX * n : 0), flipped(g.S * kk);
-      std::vector<V> dW(pass == 1 ? g.S * kk : 0);
-      for (int64_t p = begin; p < end; ++p) {
-        const T* wpl = wp + p * g.S * kk;
-        for (int64_t s = 0; s < g.S; ++s)
-          for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
-        std::fill(dW.begin(), dW.end(), V{});
-        for (int64_t b0 = 0; b0 < g.B; b0 += n) {
-          const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
-          const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
-          grad_tile(p, b0, lanes, gt);
-          if (pass == 0) {
-            for (int64_t s = 0; s < g.S; ++s) {
-              lane_correlate_any<T>(R, gt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Yo, g.Y, g.X,
-                                    buf.data());
-              add_input_grad(s, buf.data());
-              from_lanes<T>(gi[s] + plane, buf.data(), lanes, YX, stride_b);
-            }
-          } else {
-            for (int64_t s = 0; s < g.S; ++s) xt.fill(s, in[s] + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
-            lane_weight_grad_any<T>(xt, g.S, gt, 0, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Yo, g.Xo, dW.data());
-          }
-        }
-        if (pass == 1) {
-          for (int64_t i = 0; i < g.S * kk; ++i) dwp[p * g.S * kk + i] = hsum<T>(dW[i], n);
-        }
-      }
-    });
-  }
-}
-
-std::tuple<std::vector<Tensor>, Tensor> planewise_backward(const Tensor& grad_, const std::vector<Tensor>& inputs,
-                                                                const Tensor& w, int64_t dilation, bool need_x,
-                                                                bool need_w) {
-  const PlaneGeometry g = planewise_geometry(inputs, w, dilation);
-  const Tensor grad = grad_.contiguous();
-  check(grad, inputs[0], "planewise conv grad");
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({g.B, g.P, g.Yo, g.Xo}), "planewise conv: grad of the wrong shape");
-  std::vector<Tensor> grad_inputs;
-  Tensor grad_w;
-  if (!need_x && !need_w) return {grad_inputs, grad_w};
-  if (need_x) {
-    for (int64_t s = 0; s < g.S; ++s) grad_inputs.push_back(at::empty_like(inputs[0]));
-  }
-  if (need_w) grad_w = at::empty_like(w);
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "planewise_backward", [&] {
-    using T = scalar_t;
-    using V = typename Simd<T>::V;
-    constexpr int n = Simd<T>::n;
-    const T* gp = grad.data_ptr<T>();
-    const T* wp = w.data_ptr<T>();
-    std::vector<const T*> in;
-    for (const Tensor& t : inputs) in.push_back(t.data_ptr<T>());
-    std::vector<T*> gi;
-    for (const Tensor& t : grad_inputs) gi.push_back(t.data_ptr<T>());
-    T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
-    const int64_t dpad = g.d * (g.k - 1) - g.pad, YoXo = g.Yo * g.Xo;
-    planewise_backward_passes<T>(
-        g, wp, in, gi, dwp, need_x, need_w,
-        [&](int64_t p, int64_t b0, int lanes, LaneTiles<T>& gt) {
-          gt.fill(0, gp + (b0 * g.P + p) * YoXo, g.P * YoXo, lanes, g.Yo, g.Xo, dpad, dpad);
-        },
-        [](int64_t, T*) {});
-  });
-  return {grad_inputs, grad_w};
-}
-
-
 // exp(x) lane-wise: x = k ln 2 + r with |r| <= ln 2 / 2 (Cody-Waite), exp(r) by its Taylor series (degree 12 for
 // double, 7 for float: within a few ulp), and 2^k put into the exponent bits; 0 below and +inf above the range
 // where the result is a normal number.
@@ -674,42 +552,68 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
     T* gsp = need_x ? grad_summed.data_ptr<T>() : nullptr;
     T* gmp = need_x && with_max ? grad_maximum.data_ptr<T>() : nullptr;
     T* dwp = need_w ? grad_w.data_ptr<T>() : nullptr;
-    const int64_t dpad = g.d * (g.k - 1) - g.pad;
-    // per thread: the block's output gradient g, map a and summed as lane tiles (g and a kept for the weighting's
-    // gradient g a)
-    const int threads = at::get_num_threads();
-    std::vector<std::vector<T>> go(threads, std::vector<T>(YX * n)), av(threads, std::vector<T>(YX * n));
-    std::vector<std::vector<T>> sv(threads, std::vector<T>(YX * n));
-    planewise_backward_passes<T>(
-        g, wp, {sp, mp}, {gsp, gmp}, dwp, need_x, need_w,
-        [&](int64_t p, int64_t b0, int lanes, LaneTiles<T>& lt) {
-          const int tid = at::get_thread_num();
-          T *gov = go[tid].data(), *a_v = av[tid].data(), *s_v = sv[tid].data();
-          const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
-          to_lanes<T>(gov, gp + (b0 * Q + p % Q) * YX, Q * YX, lanes, YX);
-          const T factor = static_cast<T>(negate ? -scale : scale);
-          if (factor != T(1)) {
-            for (int64_t i = 0; i < YX * n; i += n) storeu(gov + i, loadu<V>(gov + i) * factor);
-          }
-          to_lanes<T>(a_v, ap + plane, stride_b, lanes, YX);
-          to_lanes<T>(s_v, sp + plane, stride_b, lanes, YX);
-          T* lg = lt.tile(0);  // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
-          for (int64_t y = 0; y < g.Y; ++y) {
-            for (int64_t x = 0; x < g.X; ++x) {
-              const int64_t i = (y * g.X + x) * n;
-              const V a_i = loadu<V>(a_v + i);
-              storeu(lg + ((y + dpad) * lt.cols + x + dpad) * n,
-                     loadu<V>(gov + i) * loadu<V>(s_v + i) * a_i * (T(1) - a_i));
+    const std::array<const T*, 2> in{sp, mp};
+    const std::array<T*, 2> gi{gsp, gmp};
+    const int64_t kk = g.k * g.k, S = g.S;
+    const int64_t dpad = g.d * (g.k - 1) - g.pad;  // the input gradient: correlation with the flipped filters
+    const int R = lane_block(g.X);
+    const int64_t g_rows = g.Y + g.d * (g.k - 1), g_cols = round_up(g.X, R) + g.d * (g.k - 1);
+    const int64_t x_rows = g.Y + g.d * (g.k - 1), x_cols = g.X + g.d * (g.k - 1);
+    const T factor = static_cast<T>(negate ? -scale : scale);
+    // the input gradients for every plane first, then the filter gradient: reading the inputs of a plane right
+    // after writing its input gradient, in one pass, was measured 2x slower for shapes whose planes lie a multiple
+    // of 4 KiB apart
+    for (int pass = need_x ? 0 : 1; pass < (need_w ? 2 : 1); ++pass) {
+      at::parallel_for(0, g.P, 1, [&](int64_t begin, int64_t end) {
+        LaneTiles<T> lt, xt;
+        lt.shape(1, g_rows, g_cols);
+        if (pass == 1) xt.shape(S, x_rows, x_cols);
+        std::vector<T> buf(pass == 0 ? YX * n : 0), flipped(S * kk), go(YX * n), av(YX * n), sv(YX * n);
+        std::vector<V> dW(pass == 1 ? S * kk : 0);
+        for (int64_t p = begin; p < end; ++p) {
+          const T* wpl = wp + p * S * kk;
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
+          std::fill(dW.begin(), dW.end(), V{});
+          for (int64_t b0 = 0; b0 < g.B; b0 += n) {
+            const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
+            const int64_t plane = (b0 * g.P + p) * YX, stride_b = g.P * YX;
+            to_lanes<T>(go.data(), gp + (b0 * Q + p % Q) * YX, Q * YX, lanes, YX);
+            if (factor != T(1)) {
+              for (int64_t i = 0; i < YX * n; i += n) storeu(go.data() + i, loadu<V>(go.data() + i) * factor);
+            }
+            to_lanes<T>(av.data(), ap + plane, stride_b, lanes, YX);
+            to_lanes<T>(sv.data(), sp + plane, stride_b, lanes, YX);
+            T* lg = lt.tile(0);  // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
+            for (int64_t y = 0; y < g.Y; ++y) {
+              for (int64_t x = 0; x < g.X; ++x) {
+                const int64_t i = (y * g.X + x) * n;
+                const V a_i = loadu<V>(av.data() + i);
+                storeu(lg + ((y + dpad) * g_cols + x + dpad) * n,
+                       loadu<V>(go.data() + i) * loadu<V>(sv.data() + i) * a_i * (T(1) - a_i));
+              }
+            }
+            if (pass == 0) {
+              for (int64_t s = 0; s < S; ++s) {
+                lane_correlate_any<T>(R, lt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Y, g.Y, g.X,
+                                      buf.data());
+                if (s == 0) {  // + g a, the weighting's gradient of summed
+                  for (int64_t i = 0; i < YX * n; i += n)
+                    storeu(buf.data() + i, loadu<V>(buf.data() + i) + loadu<V>(go.data() + i) * loadu<V>(av.data() + i));
+                }
+                from_lanes<T>(gi[s] + plane, buf.data(), lanes, YX, stride_b);
+              }
+            } else {
+              for (int64_t s = 0; s < S; ++s) xt.fill(s, in[s] + plane, stride_b, lanes, g.Y, g.X, g.pad, g.pad);
+              lane_weight_grad_any<T>(xt, S, lt, 0, dpad, dpad, g.k, g.d, g.pad, g.pad + g.Y, g.Y, g.X, dW.data());
             }
           }
-        },
-        [&](int64_t s, T* buf) {
-          if (s != 0) return;  // + g a, the weighting's gradient of summed
-          const int tid = at::get_thread_num();
-          const T *gov = go[tid].data(), *a_v = av[tid].data();
-          for (int64_t i = 0; i < YX * n; i += n)
-            storeu(buf + i, loadu<V>(buf + i) + loadu<V>(gov + i) * loadu<V>(a_v + i));
-        });
+          if (pass == 1) {
+            for (int64_t i = 0; i < S * kk; ++i) dwp[p * S * kk + i] = hsum<T>(dW[i], n);
+          }
+        }
+      });
+    }
   });
   return {grad_summed, grad_maximum, grad_w};
 }
@@ -1597,23 +1501,22 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
     T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
     T* gap = need_a ? grad_a.data_ptr<T>() : nullptr;
     const int64_t blocks = (g.B + n - 1) / n, QCL = g.Q * g.Ci * g.L;
-    const int64_t rows = g.Yo + g.d * (g.k - 1), cols = g.Xo + g.d * (g.k - 1);
-    std::vector<int64_t> off(kk);  // each tap's offset in a tile, in elements
-    for (int64_t t = 0; t < kk; ++t) off[t] = (g.d * (t / g.k) * cols + g.d * (t % g.k)) * n;
+    const int64_t rows = g.rows, cols = g.cols;  // of the input tiles (stride 1: Yo + d (k - 1), Xo + d (k - 1))
+    const std::vector<int64_t> off = tap_offsets(g, n);
     // per filter q and channel c: one pass over the positions gives the correlations and the gradient e reaching
     // ft[q, c] (into a zero-padded tile), then grad_x_c += e correlated with the flipped filter, over the padded
     // input's rows and columns (one read-modify-write per input position, not one per tap). Filters outermost: the
     // gradient tiles of one filter stay in the cache while the channels go by.
     const int64_t halo = g.d * (g.k - 1), R = lane_block(cols);
-    // output rows per strip: one filter's four gradient planes of a strip in about 16 KiB
-    const int64_t strip = std::max<int64_t>(1, std::min(g.Yo, STRIP_KB * 1024 / (4 * g.Xo * n * (int64_t)sizeof(T))));
+    // output rows per strip: one filter's four gradient planes of a strip in about STATS_STRIP_BYTES
+    const int64_t strip =
+        std::max<int64_t>(1, std::min(g.Yo, STATS_STRIP_BYTES / (4 * g.Xo * n * (int64_t)sizeof(T))));
     const int64_t e_rows = strip + 2 * halo, e_cols = round_up(cols, R) + halo;
     const int threads = at::get_num_threads();
     std::vector<V> partial(need_w ? threads * QCL * kk : 0, V{});  // per-thread filter gradients, lane-wise
     at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
       V* dw = need_w ? partial.data() + at::get_thread_num() * QCL * kk : nullptr;
       LaneTiles<T> xt, et;
-      xt.shape(g.Ci, rows, cols);
       if (need_x) et.shape(1, e_rows, e_cols);
       std::vector<T> gs(gsp ? P * n : 0), gm(gmp ? P * n : 0), gpl(gpp ? P * n : 0), av(g.Q * g.Ci * n, T(1));
       std::vector<T> gx(need_x ? g.Ci * rows * cols * n : 0), interior(need_x ? g.Yi * g.Xi * n : 0), flipped(kk);
@@ -1623,9 +1526,7 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
       for (int64_t item = begin; item < end; ++item) {
         const int64_t l = item / blocks, b0 = (item % blocks) * n;
         const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
-        for (int64_t c = 0; c < g.Ci; ++c)
-          xt.fill(c, xp + (b0 * g.Ci * g.L + c * g.L + l) * g.Yi * g.Xi, g.Ci * g.L * g.Yi * g.Xi, lanes, g.Yi, g.Xi,
-                  g.pad, g.pad);
+        fill_input_tiles(xt, xp, g, l, b0, lanes);
         if (ap) {  // av[q, c] = a[b0 + j, q, c, l] over the lanes j
           for (int j = 0; j < n; ++j) {
             const T* aj = ap + (b0 + j) * QCL + l;
@@ -1724,8 +1625,6 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("planewise_forward", &planewise_forward);
-  m.def("planewise_backward", &planewise_backward);
   m.def("lane_conv_forward", &lane_conv_forward);
   m.def("lane_conv_backward", &lane_conv_backward);
   m.def("attention_map_forward", &attention_map_forward);

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attentive_gcnn.kernels import cpu_kernels
+
 FOLD_TAPS = 32
 CHANNELS_LAST_CHANNELS = 16
 LANE_CHANNELS = 256
@@ -34,8 +36,6 @@ def _lane_kernels(x: Tensor, weight: Tensor, stride: int, padding: int, dilation
         return None
     if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
         return None
-    from attentive_gcnn.kernels import cpu_kernels
-
     return cpu_kernels("full_attend")
 
 

@@ -13,7 +13,7 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
 
 The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max passes, the maxima's
 and the channel sum's gradients (:class:`NativeSpatialMax`, :class:`NativeChannelStats`), the spatial-attention
-conv and its weighting (:func:`spatial_attention_sum`) run as fused kernels (``kernels/full_attend.cpp``,
+conv with its sigmoid and weighting (:func:`spatial_attention_sum`) run as fused kernels (``kernels/full_attend.cpp``,
 :func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to round-off.
 :class:`~attentive_gcnn.nn.attention.full.AttGConv` puts these together over chunks of output channels.
 
@@ -532,33 +532,12 @@ def planewise_conv(planes: list[Tensor], w: Tensor, dilation: int) -> Tensor:
     """Every plane its own filter: ``out[b, p] = sum_s w[p, s] (*) planes[s][b, p]``, stride 1, padding
     ``d * (k // 2)``, dilation d. ``planes``: S tensors ``[B, P, X, Y]``, ``w [P, S, k, k]`` -> ``[B, P, X, Y]``.
 
-    The fused kernel (:class:`NativePlanewiseConv`) where :func:`native_kernels` has one, else
-    :class:`PlanewiseConv` on the stacked statistics.
+    :class:`PlanewiseConv` on the stacked statistics (the torch-op form; the fused kernels run this conv inside
+    :class:`NativeSpatialAttention`).
     """
-    if native_kernels(w) is not None:
-        return NativePlanewiseConv.apply(w, dilation, *planes)
     b, p, x, y = planes[0].shape
     stats = torch.stack([t.permute(0, 2, 3, 1) for t in planes], -1).view(b, x, y, -1).permute(0, 3, 1, 2)
     return PlanewiseConv.apply(stats, w, dilation)
-
-
-class NativePlanewiseConv(torch.autograd.Function):
-    """:func:`planewise_conv` as the fused CPU kernel: arguments ``(w, dilation, *planes)``."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, dilation: int, *planes: Tensor) -> Tensor:
-        planes = [t.contiguous() for t in planes]
-        w = w.contiguous()
-        ctx.save_for_backward(w, *planes)
-        ctx.dilation = dilation
-        return native_kernels(w).planewise_forward(planes, w, dilation)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        w, *planes = ctx.saved_tensors
-        need_w, _, *need_x = ctx.needs_input_grad
-        grads, grad_w = native_kernels(w).planewise_backward(grad, planes, w, ctx.dilation, any(need_x), need_w)
-        return grad_w, None, *(grads if any(need_x) else [None] * len(planes))
 
 
 class PlanewiseConv(torch.autograd.Function):
