@@ -275,34 +275,45 @@ def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a)
         same(x, y, dtype)
 
 
+ATTEND_CASES = [c for c in CONV_CASES if c[8] == 1] + [
+    (19, 1, 1, 8, 7, 3, 4, 3, 1, 1, 1),  # one input channel and orientation: one statistic (max_c g = sum_c g)
+]
+
+
 @needs_compiler
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[8] == 1], ids=str)
-@pytest.mark.parametrize("with_a", [True, False], ids=["a", "no-a"])
-@pytest.mark.parametrize("used", ["both", "sum", "max", "plain", "all"])
-def test_native_channel_stats_equal_torch(full_native, dtype, case, with_a, used):
-    """sum_c a ft, max_c a ft and the plain conv sum_{c,l} ft with one fused backward = the modulated conv, the
-    selected responses and the plain conv."""
+@pytest.mark.parametrize("case", ATTEND_CASES, ids=str)
+@pytest.mark.parametrize("with_plain", [True, False], ids=["plain-minus-sum", "sum"])
+@pytest.mark.parametrize(
+    ("with_a", "need"),
+    [(with_a, need) for with_a in (True, False) for need in ("all", "x", "w", "a", "w_x") if with_a or need != "a"],
+    ids=str,
+)
+def test_native_attend_equals_torch(full_native, dtype, case, with_a, with_plain, need, monkeypatch):
+    """A stride-1 chunk of the layer as fused kernels (channel statistics, spatial map, weighting, plain sum, scale;
+    one fused backward) = the modulated conv, the selected responses, the plain conv and the spatial attention in
+    torch ops, in values and in each gradient alone or all together."""
     xin, bank, a, conv = conv_case(case, dtype)
     a = a if with_a else None
+    co, h, ci, n_in, _, _ = bank.shape
+    single = ci * n_in == 1
+    bank_x = torch.randn(n_in * co * h, 1 if single else 2, 5, 5, dtype=dtype) / 5
     geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    channel, summed, maximum, plain = full_native.channel_argmax(xin, bank, a, *conv, True)
+    scale = 1.5 if with_plain else 1.0
+    leaves = {"x": xin, "w": bank, "a": a, "w_x": bank_x}
+    leaves = [t.requires_grad_() for k, t in leaves.items() if need in ("all", k) and t is not None]
+    got, got_a = lean.native_attend(xin, bank, a, bank_x, geo, 2, with_plain, single, scale)
+    channel, *_ = full_native.channel_argmax(xin, bank, a, *conv, False)
     ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
     winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
-    leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
-    got = lean.NativeChannelStats.apply(xin, bank, a, channel, geo, summed, maximum, plain)
-    want = (
-        lean.modulated_conv(xin, bank, a, geo, sum_orientations=False),
-        lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo),
-        lean.modulated_conv(xin, bank, None, geo, sum_orientations=True),
-    )
-    for x, y in zip(got, want, strict=True):
-        same(x, y, dtype)
-    pick = {"both": [0, 1], "sum": [0], "max": [1], "plain": [2], "all": [0, 1, 2]}[used]
-    gs = [torch.randn_like(w) for w in want]
-    loss_got = sum((got[i] * gs[i]).sum() for i in pick)
-    loss_want = sum((want[i] * gs[i]).sum() for i in pick)
-    grads_got = torch.autograd.grad(loss_got, leaves, allow_unused=True, materialize_grads=True)
-    grads_want = torch.autograd.grad(loss_want, leaves, allow_unused=True, materialize_grads=True)
-    for x, y in zip(grads_got, grads_want, strict=True):  # the plain conv alone: zero gradient for a
+    monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
+    summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)
+    maximum = None if single else lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo)
+    plain = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) if with_plain else None
+    want, want_a = lean.spatial_attention_sum(summed, maximum, bank_x, 2, plain, scale)
+    same(got, want, dtype)
+    same(got_a, want_a, dtype)
+    assert not got_a.requires_grad
+    g = torch.randn_like(want)
+    for x, y in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(want, leaves, g), strict=True):
         same(x, y, dtype)

@@ -11,7 +11,8 @@
 //   channel sum sum_c a ft, l-major [B, L, Co, |H|, Y', X'], and optionally the plain sum sum_{c, l} ft;
 // - selected_forward / selected_backward: a[c*] ft[c*] (max_c a ft) from the winning channel's window, and its
 //   gradients (the stride-2 path);
-// - channel_stats_backward: the gradients of sum_c a ft, max_c a ft and the plain sum together (stride 1).
+// - attend_backward: the backward of a chunk of the layer at stride 1 (the spatial attention's map and weighting,
+//   and the gradients of sum_c a ft, max_c a ft and the plain sum) in one pass.
 // - lane_conv_forward / lane_conv_backward: a plain stride-1 conv with few channels.
 //
 // xin [B, Ci * L, Yi, Xi] is the folded conv input (channel-major), bank [Co, |H|, Ci, L, k, k]. Most kernels work
@@ -26,6 +27,7 @@
 #include <array>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -81,7 +83,7 @@ inline T hsum(const V& v, int n) {
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 constexpr int64_t MAX_TAPS = 121;
-// the rows of channel_stats_backward's strips: one filter's gradient planes of a strip in this many bytes (measured
+// the rows of StatsBackward's strips: one filter's gradient planes of a strip in this many bytes (measured
 // no slower than 16 KiB strips or none)
 constexpr int64_t STATS_STRIP_BYTES = 64 * 1024;  // the largest filter some kernels keep in local arrays (11 x 11)
 
@@ -1330,12 +1332,12 @@ std::tuple<Tensor, Tensor, Tensor> selected_backward(const Tensor& grad_, const 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// channel_stats_backward in batch-minor lane tiles (one sample per vector lane; stride 1). For one (l, block of n
-// samples) the inputs of every channel are zero-padded tiles [rows][cols][n]; for each filter q and channel c the
-// gradient reaching ft[q, c] at every position p is D = grad_sum + [c* = c] grad_max (a vector select), and one
-// pass over the positions accumulates both corr[t] = sum_p D[p] x_c[p + off_t] (per lane, in registers) and the
-// input gradient gx_c[p + off_t] += a bank[t] D[p] in the tile. The filter gradient sum_b a corr and the gradient
-// of a, sum_t bank corr, are formed here from the per-lane correlations.
+// The channel statistics' backward (StatsBackward) in batch-minor lane tiles (one sample per vector lane; stride 1).
+// For one (l, block of n samples) the inputs of every channel are zero-padded tiles [rows][cols][n]; for each filter
+// q and channel c the gradient reaching ft[q, c] at every position p is D = grad_sum + [c* = c] grad_max (a vector
+// select), and one pass over the positions accumulates both corr[t] = sum_p D[p] x_c[p + off_t] (per lane, in
+// registers) and the input gradient gx_c[p + off_t] += a bank[t] D[p] in the tile. The filter gradient sum_b a corr
+// and the gradient of a, sum_t bank corr, are formed from the per-lane correlations.
 // ---------------------------------------------------------------------------------------------------------------
 // One channel c and one filter q, over all output positions p: with D = grad_sum + [c* = c] grad_max (a vector
 // select) and G = grad_plain (PLAIN), corr[t] += D[p] x_c[p + off_t], corrp[t] += G[p] x_c[p + off_t] and, if e is
@@ -1440,66 +1442,27 @@ void lane_stats_pass_any(bool plain, const T* x, const T* gs, const T* gm, const
   }
 }
 
-// The gradients of summed = sum_c a ft, maximum = max_c a ft and (optionally) plain = sum_{c, l} ft (see
-// channel_argmax), stride 1, from grad_sum, grad_max [B, L, Co, |H|, Yo, Xo] and grad_plain [B, Co, |H|, Yo, Xo]
-// (any may be undefined, not all): grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k] and grad_a [B, Co, |H|,
-// Ci, L] (each undefined unless asked for; grad_a also when a is undefined).
-std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_, const Maybe& grad_max_,
-                                                          const Tensor& xin, const Tensor& bank, const Maybe& a_,
-                                                          const Maybe& channel_, int64_t padding, int64_t dilation,
-                                                          bool need_x, bool need_w, bool need_a,
-                                                          const Maybe& grad_plain_) {
-  const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
-  const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
-  const auto gradient = [&](const Maybe& t) {
-    if (!t.has_value() || !t->defined()) return Tensor();
-    Tensor c = t->contiguous();
-    check(c, xin, "grad");
-    TORCH_CHECK(c.numel() == g.B * g.L * g.Q * P, "a gradient must be [B, L, Co, |H|, Yo, Xo]");
-    return c;
-  };
-  const Tensor grad_sum = gradient(grad_sum_), grad_max = gradient(grad_max_);
-  Tensor grad_plain;
-  if (grad_plain_.has_value() && grad_plain_->defined()) {
-    grad_plain = grad_plain_->contiguous();
-    check(grad_plain, xin, "grad_plain");
-    TORCH_CHECK(grad_plain.numel() == g.B * g.Q * P, "grad_plain must be [B, Co, |H|, Yo, Xo]");
-  }
-  TORCH_CHECK(grad_sum.defined() || grad_max.defined() || grad_plain.defined(), "channel_stats_backward: no gradient");
-  const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
-  if (a.defined()) {
-    check(a, xin, "a");
-    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
-  }
-  need_a = need_a && a.defined();
-  Tensor channel;
-  if (grad_max.defined()) {
-    TORCH_CHECK(channel_.has_value() && channel_->defined(), "the gradient of the maximum needs its channel");
-    channel = channel_->contiguous();
-    TORCH_CHECK(channel.numel() == g.B * g.L * g.Q * P, "channel must be [B, L, Co, |H|, Yo, Xo]");
-    TORCH_CHECK(channel.scalar_type() == at::kByte || channel.scalar_type() == at::kInt,
-                "channel must be uint8 or int32");
-  }
-  Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
-  Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
-  Tensor grad_a = need_a ? at::empty_like(a) : Tensor();
-  if (!need_x && !need_w && !need_a) return {grad_x, grad_w, grad_a};
-  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_stats_backward", [&] {
-    using T = scalar_t;
+// The channel statistics' backward for one geometry, given a source of the gradients reaching them: for every task
+// (l, block of n samples) and filter q, fetch(l, b0, lanes, q, gs, gm, gp) fills the lane tiles [Yo * Xo][n] of the
+// gradients of sum_c a ft (gs), max_c a ft (gm) and the plain sum (gp) of the planes (l, q) (q for gp) of those
+// samples (each pointer null where that statistic is absent); make_fetch() makes one fetch per thread (its own
+// scratch). Writes grad_x [B, Ci * L, Yi, Xi] (gxp), grad_w [Co, |H|, Ci, L, k, k] (gwp) and grad_a [B, Co, |H|, Ci,
+// L] (gap), each skipped where null. Stride 1.
+template <typename T>
+struct StatsBackward {
+  const ConvGeometry& g;
+  const T *xp, *wp, *ap;                  // xin, bank, the channel map (null: none)
+  const uint8_t* c8;                      // the winning channels (uint8 or int32; both null without grad_max)
+  const int32_t* c32;
+  bool with_sum, with_max, with_plain;    // which statistics have a gradient
+  T *gxp, *gwp, *gap;                     // outputs (null: not needed)
+
+  template <typename MakeFetch>
+  void run(MakeFetch make_fetch) const {
     using V = typename Simd<T>::V;
-    using I = typename Simd<T>::I;
-    using Index = typename Simd<T>::Index;
     constexpr int n = Simd<T>::n;
-    const T* gsp = grad_sum.defined() ? grad_sum.data_ptr<T>() : nullptr;
-    const T* gmp = grad_max.defined() ? grad_max.data_ptr<T>() : nullptr;
-    const T* gpp = grad_plain.defined() ? grad_plain.data_ptr<T>() : nullptr;
-    const uint8_t* c8 = gmp && channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
-    const int32_t* c32 = gmp && !c8 ? channel.data_ptr<int32_t>() : nullptr;
-    const T* xp = xin.data_ptr<T>();
-    const T* wp = bank.data_ptr<T>();
-    const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
-    T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
-    T* gap = need_a ? grad_a.data_ptr<T>() : nullptr;
+    const int64_t P = g.Yo * g.Xo, kk = g.k * g.k;
+    const bool need_x = gxp != nullptr, need_w = gwp != nullptr;
     const int64_t blocks = (g.B + n - 1) / n, QCL = g.Q * g.Ci * g.L;
     const int64_t rows = g.rows, cols = g.cols;  // of the input tiles (stride 1: Yo + d (k - 1), Xo + d (k - 1))
     const std::vector<int64_t> off = tap_offsets(g, n);
@@ -1515,10 +1478,12 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
     const int threads = at::get_num_threads();
     std::vector<V> partial(need_w ? threads * QCL * kk : 0, V{});  // per-thread filter gradients, lane-wise
     at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
+      auto fetch = make_fetch();
       V* dw = need_w ? partial.data() + at::get_thread_num() * QCL * kk : nullptr;
       LaneTiles<T> xt, et;
       if (need_x) et.shape(1, e_rows, e_cols);
-      std::vector<T> gs(gsp ? P * n : 0), gm(gmp ? P * n : 0), gpl(gpp ? P * n : 0), av(g.Q * g.Ci * n, T(1));
+      std::vector<T> gs(with_sum ? P * n : 0), gm(with_max ? P * n : 0), gpl(with_plain ? P * n : 0);
+      std::vector<T> av(g.Q * g.Ci * n, T(1));
       std::vector<T> gx(need_x ? g.Ci * rows * cols * n : 0), interior(need_x ? g.Yi * g.Xi * n : 0), flipped(kk);
       std::vector<uint8_t> chan8(c8 ? P * n : 0);  // the winning channels as lane tiles, in their own type
       std::vector<int32_t> chan32(c32 ? P * n : 0);
@@ -1535,19 +1500,17 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
         }
         std::fill(gx.begin(), gx.end(), T(0));
         for (int64_t q = 0; q < g.Q; ++q) {
-          const int64_t src = (b0 * g.L + l) * g.Q * P + q * P, stride = g.L * g.Q * P;
-          if (gsp) to_lanes<T>(gs.data(), gsp + src, stride, lanes, P);
-          if (gmp) {
-            to_lanes<T>(gm.data(), gmp + src, stride, lanes, P);
+          const T* gsq = with_sum ? gs.data() : nullptr;
+          const T* gmq = with_max ? gm.data() : nullptr;
+          const T* gpq = with_plain ? gpl.data() : nullptr;
+          fetch(l, b0, lanes, q, const_cast<T*>(gsq), const_cast<T*>(gmq), const_cast<T*>(gpq));
+          if (with_max) {
+            const int64_t src = (b0 * g.L + l) * g.Q * P + q * P, stride = g.L * g.Q * P;
             if (c8) lanes_in<uint8_t, uint8_t, n>(chan8.data(), c8 + src, stride, lanes, P);
             else lanes_in<int32_t, int32_t, n>(chan32.data(), c32 + src, stride, lanes, P);
           }
-          if (gpp) to_lanes<T>(gpl.data(), gpp + (b0 * g.Q + q) * P, g.Q * P, lanes, P);
-          const T* gsq = gsp ? gs.data() : nullptr;
-          const T* gmq = gmp ? gm.data() : nullptr;
           const uint8_t* ch8 = c8 ? chan8.data() : nullptr;
           const int32_t* ch32 = c32 ? chan32.data() : nullptr;
-          const T* gpq = gpp ? gpl.data() : nullptr;
           // output rows in strips: a strip of the filter's gradient tiles stays in the L1 cache while the channels
           // go by; each strip's e rows add their share of grad_x right away (the correlation is linear in e)
           std::fill(corr.begin(), corr.end(), V{});
@@ -1563,13 +1526,14 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
               V* crp = corrp.data() + c * kk;
               const auto pass = [&](auto* chq) {  // the taps at compile time for 3 x 3 and 4 x 4 filters
                 using CH = std::remove_const_t<std::remove_pointer_t<decltype(chq)>>;
-                const auto run = [&](auto kk_ct) {
-                  lane_stats_pass_any<T, decltype(kk_ct)::value, CH>(gpp, x, gsq, gmq, chq, gpq, c, a_vec, off.data(),
-                                                                      kk, y0, y1, g.Xo, cols, e, e_cols, cr, crp);
+                const auto run_taps = [&](auto kk_ct) {
+                  lane_stats_pass_any<T, decltype(kk_ct)::value, CH>(with_plain, x, gsq, gmq, chq, gpq, c, a_vec,
+                                                                      off.data(), kk, y0, y1, g.Xo, cols, e, e_cols,
+                                                                      cr, crp);
                 };
-                if (kk == 9) run(std::integral_constant<int, 9>{});
-                else if (kk == 16) run(std::integral_constant<int, 16>{});
-                else run(std::integral_constant<int, 0>{});
+                if (kk == 9) run_taps(std::integral_constant<int, 9>{});
+                else if (kk == 16) run_taps(std::integral_constant<int, 16>{});
+                else run_taps(std::integral_constant<int, 0>{});
               };
               if (ch32) pass(ch32);
               else pass(ch8);
@@ -1588,9 +1552,9 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
             const V* crp = corrp.data() + c * kk;
             if (need_w) {
               V* d = dw + qcl * kk;
-              for (int64_t t = 0; t < kk; ++t) d[t] += (ap ? a_vec * cr[t] : cr[t]) + (gpp ? crp[t] : V{});
+              for (int64_t t = 0; t < kk; ++t) d[t] += (ap ? a_vec * cr[t] : cr[t]) + (with_plain ? crp[t] : V{});
             }
-            if (need_a) {
+            if (gap) {
               V s = V{};
               for (int64_t t = 0; t < kk; ++t) s += w[t] * cr[t];
               for (int j = 0; j < lanes; ++j) gap[(b0 + j) * QCL + qcl] = s[j];
@@ -1611,15 +1575,183 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats_backward(const Maybe& grad_sum_
       }
     });
     if (need_w) {
-      T* gw = grad_w.data_ptr<T>();
       for (int64_t i = 0; i < QCL * kk; ++i) {
         V s = V{};
         for (int t = 0; t < threads; ++t) s += partial[t * QCL * kk + i];
+        gwp[i] = hsum<T>(s, n);
+      }
+    }
+  }
+};
+
+// Checks of attend_backward's channel-statistics arguments; returns (a, channel), each undefined
+// where absent (channel only needed with a gradient of the maximum).
+std::tuple<Tensor, Tensor> stats_inputs(const ConvGeometry& g, const Tensor& xin, const Maybe& a_, const Maybe& channel_,
+                                        bool with_max) {
+  const int64_t P = g.Yo * g.Xo;
+  const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
+  if (a.defined()) {
+    check(a, xin, "a");
+    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+  }
+  Tensor channel;
+  if (with_max) {
+    TORCH_CHECK(channel_.has_value() && channel_->defined(), "the gradient of the maximum needs its channel");
+    channel = channel_->contiguous();
+    TORCH_CHECK(channel.numel() == g.B * g.L * g.Q * P, "channel must be [B, L, Co, |H|, Yo, Xo]");
+    TORCH_CHECK(channel.scalar_type() == at::kByte || channel.scalar_type() == at::kInt,
+                "channel must be uint8 or int32");
+  }
+  return {a, channel};
+}
+
+template <typename T>
+StatsBackward<T> stats_backward(const ConvGeometry& g, const Tensor& xin, const Tensor& bank, const Tensor& a,
+                                const Tensor& channel, bool with_sum, bool with_max, bool with_plain, Tensor& grad_x,
+                                Tensor& grad_w, Tensor& grad_a) {
+  const bool c8 = with_max && channel.scalar_type() == at::kByte;
+  return StatsBackward<T>{g,
+                          xin.data_ptr<T>(),
+                          bank.data_ptr<T>(),
+                          a.defined() ? a.data_ptr<T>() : nullptr,
+                          c8 ? channel.data_ptr<uint8_t>() : nullptr,
+                          with_max && !c8 ? channel.data_ptr<int32_t>() : nullptr,
+                          with_sum,
+                          with_max,
+                          with_plain,
+                          grad_x.defined() ? grad_x.data_ptr<T>() : nullptr,
+                          grad_w.defined() ? grad_w.data_ptr<T>() : nullptr,
+                          grad_a.defined() ? grad_a.data_ptr<T>() : nullptr};
+}
+
+// The backward of a chunk of the full attention's layer (stride 1), fused: the spatial attention's map and weighting
+// (as attention_map_backward) and the channel statistics (StatsBackward) in one pass, so that the gradients of
+// the statistics never leave the lane tiles. With summed = sum_c a ft, maximum = max_c a ft (from channel_argmax,
+// [B, L, Co, |H|, Yo, Xo]; maximum undefined: one statistic), a_x = sigmoid(planewise conv of (summed, maximum) by
+// w_x [L * Q, S, kx, kx]) (saved) and out = scale (plain - sum_l a_x summed) (negate) or scale sum_l a_x summed,
+// given grad_out [B, Co, |H|, Yo, Xo]: grad_x [B, Ci * L, Yi, Xi], grad_w [Co, |H|, Ci, L, k, k], grad_a [B, Co, |H|,
+// Ci, L] (undefined without a) and grad_w_x (each undefined unless asked for). One task per
+// (l, block of samples); the filter gradients are summed over per-thread copies.
+std::tuple<Tensor, Tensor, Tensor, Tensor> attend_backward(
+    const Tensor& grad_out_, const Tensor& summed, const Maybe& maximum_, const Tensor& a_x, const Tensor& w_x,
+    int64_t dilation_x, bool negate, double scale, const Tensor& xin, const Tensor& bank, const Maybe& a_,
+    const Maybe& channel_, int64_t padding, int64_t dilation, bool need_x, bool need_w, bool need_a, bool need_w_x) {
+  const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
+  const int64_t P = g.Yo * g.Xo;
+  const bool with_max = maximum_.has_value() && maximum_->defined();
+  const Tensor maximum = with_max ? maximum_->contiguous() : Tensor();
+  const Tensor grad_out = grad_out_.contiguous();
+  for (const Tensor* t : {&summed, &a_x}) {
+    check(*t, xin, "summed and a_x");
+    TORCH_CHECK(t->numel() == g.B * g.L * g.Q * P, "summed, maximum and a_x must be [B, L, Co, |H|, Yo, Xo]");
+  }
+  if (with_max) {
+    check(maximum, xin, "maximum");
+    TORCH_CHECK(maximum.numel() == summed.numel(), "summed, maximum and a_x must be [B, L, Co, |H|, Yo, Xo]");
+  }
+  check(grad_out, xin, "grad_out");
+  TORCH_CHECK(grad_out.numel() == g.B * g.Q * P, "grad_out must be [B, Co, |H|, Yo, Xo]");
+  const int64_t S = with_max ? 2 : 1;
+  check(w_x, xin, "w_x");
+  TORCH_CHECK(w_x.dim() == 4 && w_x.size(0) == g.L * g.Q && w_x.size(1) == S && w_x.size(2) == w_x.size(3) &&
+                  w_x.size(2) % 2 == 1 && dilation_x >= 1,
+              "w_x must be [L * Co * |H|, 1 or 2 statistics, k, k] with odd k");
+  const auto [a, channel] = stats_inputs(g, xin, a_, channel_, with_max);
+  need_a = need_a && a.defined();
+  Tensor grad_x = need_x ? at::empty_like(xin) : Tensor();
+  Tensor grad_w = need_w ? at::empty_like(bank) : Tensor();
+  Tensor grad_a = need_a ? at::empty_like(a) : Tensor();
+  Tensor grad_w_x = need_w_x ? at::empty_like(w_x) : Tensor();
+  if (!need_x && !need_w && !need_a && !need_w_x) return {grad_x, grad_w, grad_a, grad_w_x};
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "attend_backward", [&] {
+    using T = scalar_t;
+    using V = typename Simd<T>::V;
+    constexpr int n = Simd<T>::n;
+    const T *gop = grad_out.data_ptr<T>(), *sp = summed.data_ptr<T>(), *mp = with_max ? maximum.data_ptr<T>() : nullptr;
+    const T *axp = a_x.data_ptr<T>(), *wxp = w_x.data_ptr<T>();
+    const std::array<const T*, 2> stat{sp, mp};
+    const int64_t Y = g.Yo, X = g.Xo, kx = w_x.size(2), kkx = kx * kx, dx = dilation_x, pad = dx * (kx / 2);
+    const int Rx = lane_block(X);
+    const int64_t l_rows = Y + dx * (kx - 1), l_cols = round_up(X, Rx) + dx * (kx - 1);
+    const int64_t s_cols = X + dx * (kx - 1), LQ = g.L * g.Q, stride_b = LQ * P;
+    const T factor = static_cast<T>(negate ? -scale : scale);
+    const int threads = at::get_num_threads();
+    std::vector<V> partial_x(need_w_x ? threads * LQ * S * kkx : 0, V{});  // per-thread w_x gradients, lane-wise
+    const bool stats_part = need_x || need_w || need_a;
+    const auto body = stats_backward<T>(g, xin, bank, a, channel, true, with_max, negate, grad_x, grad_w, grad_a);
+    const auto make_fetch = [&] {
+      // per thread: the padded tile of the logits' gradient, the statistics' tiles, the planes in lanes
+      struct Scratch {
+        LaneTiles<T> lt, st;
+        std::vector<T> go, av, sv, flipped;
+        V* dW;
+      };
+      auto s = std::make_shared<Scratch>();
+      s->lt.shape(1, l_rows, l_cols);
+      if (need_w_x) s->st.shape(S, l_rows, s_cols);
+      s->go.resize(P * n);
+      s->av.resize(P * n);
+      s->sv.resize(P * n);
+      s->flipped.resize(S * kkx);
+      s->dW = need_w_x ? partial_x.data() + at::get_thread_num() * LQ * S * kkx : nullptr;
+      return [&, s](int64_t l, int64_t b0, int lanes, int64_t q, T* gs, T* gm, T* gp) {
+        const int64_t p = l * g.Q + q, plane = (b0 * LQ + p) * P;
+        T *go = s->go.data(), *av = s->av.data(), *sv = s->sv.data();
+        to_lanes<T>(go, gop + (b0 * g.Q + q) * P, g.Q * P, lanes, P);
+        if (gp) {  // the plain sum's gradient: scale grad_out
+          for (int64_t i = 0; i < P * n; i += n) storeu(gp + i, loadu<V>(go + i) * static_cast<T>(scale));
+        }
+        if (factor != T(1)) {
+          for (int64_t i = 0; i < P * n; i += n) storeu(go + i, loadu<V>(go + i) * factor);
+        }
+        to_lanes<T>(av, axp + plane, stride_b, lanes, P);
+        to_lanes<T>(sv, sp + plane, stride_b, lanes, P);
+        T* lg = s->lt.tile(0);  // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
+        for (int64_t y = 0; y < Y; ++y) {
+          for (int64_t x = 0; x < X; ++x) {
+            const int64_t i = (y * X + x) * n;
+            const V a_i = loadu<V>(av + i);
+            storeu(lg + ((y + pad) * l_cols + x + pad) * n, loadu<V>(go + i) * loadu<V>(sv + i) * a_i * (T(1) - a_i));
+          }
+        }
+        const T* wpl = wxp + p * S * kkx;
+        if (stats_part) {  // the statistics' gradients: the logits' gradient correlated with the flipped filters
+          for (int64_t st = 0; st < S; ++st)
+            for (int64_t t = 0; t < kkx; ++t) s->flipped[st * kkx + t] = wpl[st * kkx + kkx - 1 - t];
+          lane_correlate_any<T>(Rx, s->lt, 0, 1, s->flipped.data(), kx, dx, pad, pad + Y, Y, X, gs);
+          for (int64_t i = 0; i < P * n; i += n)  // + g a, the weighting's gradient of summed
+            storeu(gs + i, loadu<V>(gs + i) + loadu<V>(go + i) * loadu<V>(av + i));
+          if (gm) lane_correlate_any<T>(Rx, s->lt, 0, 1, s->flipped.data() + kkx, kx, dx, pad, pad + Y, Y, X, gm);
+        }
+        if (s->dW) {
+          for (int64_t st = 0; st < S; ++st) s->st.fill(st, stat[st] + plane, stride_b, lanes, Y, X, pad, pad);
+          lane_weight_grad_any<T>(s->st, S, s->lt, 0, pad, pad, kx, dx, pad, pad + Y, Y, X, s->dW + p * S * kkx);
+        }
+      };
+    };
+    if (stats_part) {
+      body.run(make_fetch);
+    } else {  // only w_x: the same tasks without the statistics' part
+      const int64_t blocks = (g.B + n - 1) / n;
+      at::parallel_for(0, g.L * blocks, 1, [&](int64_t begin, int64_t end) {
+        auto fetch = make_fetch();
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t l = item / blocks, b0 = (item % blocks) * n;
+          for (int64_t q = 0; q < g.Q; ++q)
+            fetch(l, b0, static_cast<int>(std::min<int64_t>(n, g.B - b0)), q, nullptr, nullptr, nullptr);
+        }
+      });
+    }
+    if (need_w_x) {
+      T* gw = grad_w_x.data_ptr<T>();
+      for (int64_t i = 0; i < LQ * S * kkx; ++i) {
+        V s = V{};
+        for (int t = 0; t < threads; ++t) s += partial_x[t * LQ * S * kkx + i];
         gw[i] = hsum<T>(s, n);
       }
     }
   });
-  return {grad_x, grad_w, grad_a};
+  return {grad_x, grad_w, grad_a, grad_w_x};
 }
 
 }  // namespace
@@ -1634,5 +1766,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_argmax", &channel_argmax);
   m.def("selected_forward", &selected_forward);
   m.def("selected_backward", &selected_backward);
-  m.def("channel_stats_backward", &channel_stats_backward);
+  m.def("attend_backward", &attend_backward);
 }

@@ -317,6 +317,15 @@ class AttGConv(GConv):
         # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
         native = lean.native_kernels(xin)
         single = self.in_channels * self.in_order == 1  # max_c g = sum_c g = g: one statistic, its kernels summed
+        scale = self.scale if fused_plain else 1.0  # the fused kernels apply the layer's scale too
+        if native is not None and geo.stride == 1:  # the whole chunk as fused kernels
+            out, a_x = lean.native_attend(
+                xin, bank, a, bank_x.sum(dim=1, keepdim=True) if single else bank_x, geo, sa.dilation, fused_plain,
+                single, scale,
+            )  # fmt: skip
+            if sa.keep_map:
+                x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
+            return out, a_map, x_map
         plain = None
         if native is not None:  # G_l and max_c g (and the plain sum), from one fused pass
             summed, maximum, *rest = lean.native_channel_stats(native, xin, bank, a, geo, with_plain=fused_plain)

@@ -11,10 +11,12 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
   at those positions (:func:`responses_at`) or, for the channel max, by :class:`SelectedResponses`, whose
   backward touches each position's winning channel only.
 
-The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max passes, the maxima's
-and the channel sum's gradients (:class:`NativeSpatialMax`, :class:`NativeChannelStats`), the spatial-attention
-conv with its sigmoid and weighting (:func:`spatial_attention_sum`) run as fused kernels (``kernels/full_attend.cpp``,
-:func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to round-off.
+The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max passes, the spatial
+maxima's gradients (:class:`NativeSpatialMax`) and, at stride 1, a whole chunk of the layer (the channel statistics,
+the spatial-attention conv with its sigmoid and weighting, and one backward for all: :func:`native_attend`; other
+strides: :func:`native_channel_stats` and :func:`spatial_attention_sum`) run as fused kernels
+(``kernels/full_attend.cpp``, :func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to
+round-off.
 :class:`~attentive_gcnn.nn.attention.full.AttGConv` puts these together over chunks of output channels.
 
 Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``bank [Co, |H|, Ci, n_in, k, k]``.
@@ -283,58 +285,14 @@ def native_channel_stats(
     kernels, xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry, with_plain: bool = False
 ) -> tuple[Tensor, ...]:
     """``(sum_c g, max_c g)`` (``g = a * ft``, ``a`` None for 1), each ``[B, n_in, Co', |H|, X', Y']``, and with
-    ``with_plain`` also the plain conv ``sum_{c, l} ft`` ``[B, Co', |H|, X', Y']``: one fused pass over the responses
-    without autograd (the channel arg-max found on the way), then :class:`NativeChannelStats` for their gradients
-    (stride 1; else :func:`modulated_conv` and :class:`NativeSelectedResponses`). Nothing is kept between forward
-    and backward: under ``torch.utils.checkpoint`` the pass runs again in backward."""
-    fused = with_plain and geo.stride == 1  # the kernel's plain sum; other strides: a conv below
+    ``with_plain`` also the plain conv ``sum_{c, l} ft`` ``[B, Co', |H|, X', Y']``, for strides other than 1 (stride
+    1: :func:`native_attend`): the channel arg-max from one fused pass without autograd, then :func:`modulated_conv`
+    and :class:`NativeSelectedResponses`."""
     with torch.no_grad():
-        channel, summed, maximum, plain = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args, fused)
-    if geo.stride == 1:
-        values = (summed, maximum, plain) if with_plain else (summed, maximum)
-        return NativeChannelStats.apply(xin, bank, a, channel, geo, *values)
+        channel, _, maximum, _ = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args, False)
     summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)
     stats = (summed, NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo))
     return (*stats, modulated_conv(xin, bank, None, geo, sum_orientations=True)) if with_plain else stats
-
-
-class NativeChannelStats(torch.autograd.Function):
-    """``(sum_c a * ft, max_c a * ft)``, each ``[B, n_in, Co', |H|, X', Y']``, and optionally the plain conv
-    ``sum_{c, l} ft`` ``[B, Co', |H|, X', Y']``, for stride 1, given their values and the channel arg-max (from
-    :func:`native_channel_stats`); the backward of all is one fused kernel, in which the maximum's gradient joins
-    the sum's at the winning channel and the plain conv's gradient joins both. Arguments ``(xin, bank, a, channel,
-    geo, summed, maximum[, plain])``, ``a`` None for 1. Equals :func:`modulated_conv` (``sum_orientations=False``),
-    :class:`SelectedResponses` and :func:`modulated_conv` without ``a`` (``sum_orientations=True``)."""
-
-    @staticmethod
-    def forward(ctx, xin, bank, a, channel, geo: ConvGeometry, *values: Tensor) -> tuple[Tensor, ...]:
-        ctx.save_for_backward(xin, bank, a, channel)
-        ctx.geo = geo
-        ctx.set_materialize_grads(False)
-        return values
-
-    @staticmethod
-    def backward(ctx, grad_sum: Tensor | None, grad_max: Tensor | None, grad_plain: Tensor | None = None):
-        xin, bank, a, channel = ctx.saved_tensors
-        need_x, need_w, need_a = ctx.needs_input_grad[:3]
-        n_args = len(ctx.needs_input_grad)
-        if grad_sum is None and grad_max is None and grad_plain is None:
-            return (None,) * n_args
-        geo = ctx.geo
-        grad_x, grad_w, grad_a = native_kernels(xin).channel_stats_backward(
-            grad_sum,
-            grad_max,
-            *_contiguous(xin, bank, a),
-            channel,
-            geo.padding,
-            geo.dilation,
-            need_x,
-            need_w,
-            need_a,
-            grad_plain,
-        )
-        grads = (grad_x if need_x else None), (grad_w if need_w else None), (grad_a if need_a else None)
-        return *grads, *[None] * (n_args - 3)
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
@@ -521,6 +479,64 @@ class NativeSpatialAttention(torch.autograd.Function):
         grad_maximum = grad_maximum.view_as(maximum) if need_x and maximum is not None else None
         grad_plain = grad * ctx.scale if ctx.with_plain and ctx.needs_input_grad[4] else None
         return grad_summed, grad_maximum, grad_bank, None, grad_plain, None
+
+
+def native_attend(
+    xin: Tensor,
+    bank: Tensor,
+    a: Tensor | None,
+    bank_x: Tensor,
+    geo: ConvGeometry,
+    dilation: int,
+    with_plain: bool,
+    single: bool,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """A chunk of the full attention's layer at stride 1 as fused kernels (:class:`NativeAttend`): ``(out, a_x)``
+    with ``out = scale (plain - sum_l a_x G_l)`` (``with_plain``) or ``scale sum_l a_x G_l``, ``G_l = sum_c a ft``,
+    ``a_x`` the spatial map (l-major ``[B, n_in, Co', |H|, X', Y']``, not differentiable). ``a [B, Co', |H|, Ci,
+    n_in]`` (None for 1), ``bank_x [(l, o, j), 2, k, k]`` (``[(l, o, j), 1, k, k]`` with ``single``: the layer's
+    channel sum and max are the same tensor, Ci * n_in = 1). Equals :func:`native_channel_stats` followed by
+    :func:`spatial_attention_sum`."""
+    return NativeAttend.apply(xin, bank, a, bank_x, geo, dilation, with_plain, single, scale)
+
+
+class NativeAttend(torch.autograd.Function):
+    """See :func:`native_attend`. Forward: ``channel_argmax`` (the channel statistics, the channel arg-max and the
+    plain sum in one pass over the responses), then ``attention_map_forward``; backward: ``attend_backward``, one
+    pass in which the statistics' gradients go from the spatial attention's backward to the responses' without
+    leaving the kernel's tiles. Keeps the statistics, the arg-max and the map for backward (never ``ft``)."""
+
+    @staticmethod
+    def forward(ctx, xin, bank, a, bank_x, geo: ConvGeometry, dilation: int, with_plain: bool, single: bool, scale):
+        kernels = native_kernels(xin)
+        xin, bank, a, bank_x = _contiguous(xin, bank, a, bank_x)
+        channel, summed, maximum, plain = kernels.channel_argmax(xin, bank, a, *geo.conv_args, with_plain)
+        if single:  # max_c g = sum_c g: one statistic (its kernels summed by the caller)
+            channel = maximum = None
+        stats = (summed.flatten(1, 3), _flat(maximum))
+        out, a_x = kernels.attention_map_forward(*stats, bank_x, summed.shape[1], dilation, plain, scale)
+        out, a_x = out.view(summed.shape[:1] + summed.shape[2:]), a_x.view_as(summed)
+        ctx.save_for_backward(xin, bank, a, bank_x, channel, summed, maximum, a_x)
+        ctx.conf = (geo, dilation, with_plain, scale)
+        ctx.kernels = kernels
+        ctx.mark_non_differentiable(a_x)
+        ctx.set_materialize_grads(False)
+        return out, a_x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, _grad_a_x: Tensor | None):
+        n_args = len(ctx.needs_input_grad)
+        if grad is None:
+            return (None,) * n_args
+        xin, bank, a, bank_x, channel, summed, maximum, a_x = ctx.saved_tensors
+        geo, dilation, with_plain, scale = ctx.conf
+        need = ctx.needs_input_grad[:4]
+        grads = ctx.kernels.attend_backward(
+            grad, summed, maximum, a_x, bank_x, dilation, with_plain, scale,
+            xin, bank, a, channel, geo.padding, geo.dilation, *need,
+        )  # fmt: skip
+        return *(g if wanted else None for g, wanted in zip(grads, need, strict=True)), *[None] * (n_args - 4)
 
 
 def _flat(t: Tensor | None) -> Tensor | None:
