@@ -46,6 +46,23 @@ T row_max(const T* u, int64_t P) {
   return best;
 }
 
+// The first p with u[p] == value (P if none), a block of 16 positions per test.
+template <typename T>
+int32_t first_equal(const T* u, T value, int64_t P) {
+  constexpr int64_t W = 16;
+  int64_t p0 = 0;
+  for (; p0 + W <= P; p0 += W) {
+    bool hit = false;
+#pragma omp simd reduction(| : hit)
+    for (int64_t i = 0; i < W; ++i) hit |= u[p0 + i] == value;
+    if (hit) break;
+  }
+  for (int64_t p = p0; p < P; ++p) {
+    if (u[p] == value) return static_cast<int32_t>(p);
+  }
+  return static_cast<int32_t>(P);
+}
+
 void check(const Tensor& t, const Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type(), name,
               " must be a contiguous CPU tensor of the dtype of x");
@@ -68,8 +85,8 @@ std::tuple<Tensor, Tensor, Tensor> channel_stats(const Tensor& x) {
         const scalar_t* row = xp + r * P;
         const scalar_t sum = dot<scalar_t>(row, nullptr, P);
         scalar_t best = row_max<scalar_t>(row, P);
-        int32_t arg = 0;
-        while (arg < P - 1 && !(row[arg] == best)) ++arg;  // the first arg-max, as torch.max on the CPU
+        const int32_t arg_found = first_equal<scalar_t>(row, best, P);  // the first arg-max, as torch.max on the CPU
+        int32_t arg = arg_found < P ? arg_found : static_cast<int32_t>(P - 1);
         if (sum != sum) {  // a NaN in the row: the first NaN is the max, as in torch.max
           for (int64_t p = 0; p < P; ++p) {
             if (row[p] != row[p]) {
