@@ -1055,46 +1055,37 @@ std::tuple<Tensor, Tensor> spatial_max_backward(const Tensor& grad_, const Tenso
   return {grad_x, grad_w};
 }
 
-// channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed = sum_c a ft and maximum = max_c a ft
-// (same shape), and, with_plain, the plain conv sum_{c, l} ft [B, Co, |H|, Yo, Xo] (else undefined). One task per
-// block of samples and block of filters, over all l.
-std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_,
-                                                          int64_t stride, int64_t padding, int64_t dilation,
-                                                          bool with_plain) {
-  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
-  const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
-  if (a.defined()) {
-    check(a, xin, "a");
-    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
-  }
-  const std::vector<int64_t> shape{g.B, g.L, bank.size(0), bank.size(1), g.Yo, g.Xo};
-  Tensor summed = at::empty(shape, xin.options());
-  Tensor maximum = at::empty(shape, xin.options());
-  Tensor channel = at::empty(shape, xin.options().dtype(g.Ci <= 256 ? at::kByte : at::kInt));
-  Tensor plain = with_plain ? at::empty({g.B, bank.size(0), bank.size(1), g.Yo, g.Xo}, xin.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_argmax", [&] {
-    using T = scalar_t;
+// The channel pass over the responses for one geometry (channel_argmax, attend_forward): one task per block of n
+// samples; per l and block of filters, all output positions, whose lane tiles [QB][Yo * Xo][n] (sum_c a ft, max_c a
+// ft, c*) go out to summed, maximum and channel [B, L, Co, |H|, Yo, Xo] (each skipped where null) and then to
+// use(l, b0, lanes, q0, qb, sum, best) while they are in the cache; the plain sums of the block (lane tiles [Q][Yo *
+// Xo][n], if with_plain) go to finish(b0, lanes, plain) at the end of the block. make_use() makes one (use, finish)
+// pair per thread.
+template <typename T>
+struct ChannelPass {
+  const ConvGeometry& g;
+  const T *xp, *wp, *ap;  // xin, bank, the channel map (null: none)
+  T *sp, *mp;             // summed, maximum (null: not written)
+  uint8_t* c8;            // the winning channels (uint8 or int32; both null: not written)
+  int32_t* c32;
+  bool with_plain;
+
+  template <typename MakeUse>
+  void run(MakeUse make_use) const {
     using V = typename Simd<T>::V;
     using I = typename Simd<T>::I;
+    using Index = typename Simd<T>::Index;
     constexpr int n = Simd<T>::n;
     const int64_t kk = g.k * g.k, P = g.Yo * g.Xo, blocks = (g.B + n - 1) / n, QCL = g.Q * g.Ci * g.L;
     const int64_t QB = filter_block(kk, 4);
     const std::vector<int64_t> off = tap_offsets(g, n);
-    const T* xp = xin.data_ptr<T>();
-    const T* wp = bank.data_ptr<T>();
-    const T* ap = a.defined() ? a.data_ptr<T>() : nullptr;
-    T* sp = summed.data_ptr<T>();
-    T* mp = maximum.data_ptr<T>();
-    T* pp = with_plain ? plain.data_ptr<T>() : nullptr;
-    uint8_t* c8 = channel.scalar_type() == at::kByte ? channel.data_ptr<uint8_t>() : nullptr;
-    int32_t* c32 = c8 ? nullptr : channel.data_ptr<int32_t>();
     // one task per block of samples; within it, per filter block, all output positions, whose outputs go out
     // right away (they stay in the L2 cache, with the input tiles)
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      using Index = typename Simd<T>::Index;
+      auto [use, finish] = make_use();
       LaneTiles<T> xt;
       std::vector<V> av(ap ? g.Q * g.Ci : 0);
-      std::vector<T> sum(QB * P * n), best(QB * P * n), pl(pp ? g.Q * P * n : 0);
+      std::vector<T> sum(QB * P * n), best(QB * P * n), pl(with_plain ? g.Q * P * n : 0);
       std::vector<I> chan(QB * P);
       std::vector<Index> chan_rows(n * P);
       for (int64_t item = begin; item < end; ++item) {
@@ -1118,21 +1109,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, con
                 const int64_t p = y * g.Xo + xo, at = (y * g.stride * g.cols + xo * g.stride) * n;
                 V s[4], m[4], ps[4];
                 I c[4];
-                for (int i = 0; i < qb; ++i) ps[i] = pp ? loadu<V>(pl.data() + ((q0 + i) * P + p) * n) : V{};
+                for (int i = 0; i < qb; ++i) ps[i] = with_plain ? loadu<V>(pl.data() + ((q0 + i) * P + p) * n) : V{};
                 BY_TAPS(kk, qb, lane_channel_argmax, xt, off.data(), w, g.L * kk,
-                        ap ? av.data() + q0 * g.Ci : nullptr, g.Ci, kk, at, s, m, c, pp ? ps : nullptr);
+                        ap ? av.data() + q0 * g.Ci : nullptr, g.Ci, kk, at, s, m, c, with_plain ? ps : nullptr);
                 for (int i = 0; i < qb; ++i) {
                   storeu(sum.data() + (i * P + p) * n, s[i]);
                   storeu(best.data() + (i * P + p) * n, m[i]);
                   chan[i * P + p] = c[i];
-                  if (pp) storeu(pl.data() + ((q0 + i) * P + p) * n, ps[i]);
+                  if (with_plain) storeu(pl.data() + ((q0 + i) * P + p) * n, ps[i]);
                 }
               }
             }
             for (int i = 0; i < qb; ++i) {  // lane tiles -> [B, L, Q, Yo, Xo]
               const int64_t out = ((b0 * g.L + l) * g.Q + q0 + i) * P, stride_b = g.L * g.Q * P;
-              from_lanes<T>(sp + out, sum.data() + i * P * n, lanes, P, stride_b);
-              from_lanes<T>(mp + out, best.data() + i * P * n, lanes, P, stride_b);
+              if (sp) from_lanes<T>(sp + out, sum.data() + i * P * n, lanes, P, stride_b);
+              if (mp) from_lanes<T>(mp + out, best.data() + i * P * n, lanes, P, stride_b);
+              if (!c8 && !c32) continue;
               // the winning channels: transposed as raw lane bits (Index has the size of T), narrowed per lane
               from_lanes<T>(reinterpret_cast<T*>(chan_rows.data()), reinterpret_cast<const T*>(chan.data()) + i * P * n,
                             lanes, P, P);
@@ -1147,16 +1139,151 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, con
                 }
               }
             }
+            use(l, b0, lanes, q0, qb, sum.data(), best.data());
           }
         }
-        if (pp) {
-          for (int64_t q = 0; q < g.Q; ++q)
-            from_lanes<T>(pp + (b0 * g.Q + q) * P, pl.data() + q * P * n, lanes, P, g.Q * P);
-        }
+        finish(b0, lanes, pl.data());
       }
+    });
+  }
+};
+
+// The outputs of the channel pass: channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed and
+// maximum (same shape, float), plain [B, Co, |H|, Yo, Xo] (if with_plain); maximum and channel only if with_max.
+std::tuple<Tensor, Tensor, Tensor, Tensor> channel_pass_outputs(const ConvGeometry& g, const Tensor& xin,
+                                                                const Tensor& bank, bool with_max, bool with_plain) {
+  const std::vector<int64_t> shape{g.B, g.L, bank.size(0), bank.size(1), g.Yo, g.Xo};
+  Tensor summed = at::empty(shape, xin.options());
+  Tensor maximum = with_max ? at::empty(shape, xin.options()) : Tensor();
+  Tensor channel = with_max ? at::empty(shape, xin.options().dtype(g.Ci <= 256 ? at::kByte : at::kInt)) : Tensor();
+  Tensor plain = with_plain ? at::empty({g.B, bank.size(0), bank.size(1), g.Yo, g.Xo}, xin.options()) : Tensor();
+  return {channel, summed, maximum, plain};
+}
+
+Tensor channel_map(const ConvGeometry& g, const Tensor& xin, const Maybe& a_) {
+  const Tensor a = a_.has_value() && a_->defined() ? a_->contiguous() : Tensor();
+  if (a.defined()) {
+    check(a, xin, "a");
+    TORCH_CHECK(a.numel() == g.B * g.Q * g.Ci * g.L, "a must be [B, Co, |H|, Ci, L]");
+  }
+  return a;
+}
+
+template <typename T>
+ChannelPass<T> channel_pass(const ConvGeometry& g, const Tensor& xin, const Tensor& bank, const Tensor& a,
+                            const Tensor& channel, const Tensor& summed, const Tensor& maximum, bool with_plain) {
+  const bool c8 = channel.defined() && channel.scalar_type() == at::kByte;
+  return ChannelPass<T>{g,
+                        xin.data_ptr<T>(),
+                        bank.data_ptr<T>(),
+                        a.defined() ? a.data_ptr<T>() : nullptr,
+                        summed.data_ptr<T>(),
+                        maximum.defined() ? maximum.data_ptr<T>() : nullptr,
+                        c8 ? channel.data_ptr<uint8_t>() : nullptr,
+                        channel.defined() && !c8 ? channel.data_ptr<int32_t>() : nullptr,
+                        with_plain};
+}
+
+// channel [B, L, Co, |H|, Yo, Xo] (uint8 for Ci <= 256, else int32), summed = sum_c a ft and maximum = max_c a ft
+// (same shape), and, with_plain, the plain conv sum_{c, l} ft [B, Co, |H|, Yo, Xo] (else undefined). One task per
+// block of samples and block of filters, over all l.
+std::tuple<Tensor, Tensor, Tensor, Tensor> channel_argmax(const Tensor& xin, const Tensor& bank, const Maybe& a_,
+                                                          int64_t stride, int64_t padding, int64_t dilation,
+                                                          bool with_plain) {
+  const ConvGeometry g = conv_geometry(xin, bank, stride, padding, dilation);
+  const Tensor a = channel_map(g, xin, a_);
+  auto [channel, summed, maximum, plain] = channel_pass_outputs(g, xin, bank, true, with_plain);
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "channel_argmax", [&] {
+    using T = scalar_t;
+    constexpr int n = Simd<T>::n;
+    const int64_t P = g.Yo * g.Xo;
+    T* pp = with_plain ? plain.data_ptr<T>() : nullptr;
+    channel_pass<T>(g, xin, bank, a, channel, summed, maximum, with_plain).run([&] {
+      const auto use = [](int64_t, int64_t, int, int64_t, int64_t, const T*, const T*) {};
+      const auto finish = [&](int64_t b0, int lanes, const T* pl) {
+        if (!pp) return;
+        for (int64_t q = 0; q < g.Q; ++q) from_lanes<T>(pp + (b0 * g.Q + q) * P, pl + q * P * n, lanes, P, g.Q * P);
+      };
+      return std::make_pair(use, finish);
     });
   });
   return {channel, summed, maximum, plain};
+}
+
+// A chunk of the full attention's layer at stride 1, forward, fused: the channel pass (channel_argmax) and, on its
+// lane tiles while they are in the cache, the spatial attention (attention_map_forward): a_x = sigmoid(planewise
+// conv of (summed, maximum) by w_x [L * Q, S, kx, kx], 'same' padding, dilation dilation_x) and out = scale (plain -
+// sum_l a_x summed) (with_plain) or scale sum_l a_x summed. S = 1 (single): one statistic, summed (the layer's
+// max_c is its sum, Ci * L = 1), and maximum and channel are not made. Returns (channel, summed, maximum, a_x
+// [B, L, Co, |H|, Yo, Xo], out [B, Co, |H|, Yo, Xo]).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attend_forward(const Tensor& xin, const Tensor& bank,
+                                                                  const Maybe& a_, const Tensor& w_x, int64_t padding,
+                                                                  int64_t dilation, int64_t dilation_x,
+                                                                  bool with_plain, bool single, double scale) {
+  const ConvGeometry g = conv_geometry(xin, bank, 1, padding, dilation);
+  const Tensor a = channel_map(g, xin, a_);
+  TORCH_CHECK(!single || g.Ci * g.L == 1, "attend_forward: one statistic needs one input channel and orientation");
+  const int64_t S = single ? 1 : 2;
+  check(w_x, xin, "w_x");
+  TORCH_CHECK(w_x.dim() == 4 && w_x.size(0) == g.L * g.Q && w_x.size(1) == S && w_x.size(2) == w_x.size(3) &&
+                  w_x.size(2) % 2 == 1 && dilation_x >= 1,
+              "w_x must be [L * Co * |H|, 1 or 2 statistics, k, k] with odd k");
+  auto [channel, summed, maximum, plain] = channel_pass_outputs(g, xin, bank, !single, false);
+  Tensor a_x = at::empty_like(summed);
+  Tensor out = at::empty({g.B, bank.size(0), bank.size(1), g.Yo, g.Xo}, xin.options());
+  AT_DISPATCH_FLOATING_TYPES(xin.scalar_type(), "attend_forward", [&] {
+    using T = scalar_t;
+    using V = typename Simd<T>::V;
+    constexpr int n = Simd<T>::n;
+    const int64_t P = g.Yo * g.Xo, Y = g.Yo, X = g.Xo, kx = w_x.size(2), kkx = kx * kx, dx = dilation_x;
+    const int64_t pad = dx * (kx / 2), LQ = g.L * g.Q;
+    const int R = lane_block(X);
+    const int64_t rows = Y + dx * (kx - 1), cols = round_up(X, R) + dx * (kx - 1);
+    const T *wxp = w_x.data_ptr<T>();
+    T *axp = a_x.data_ptr<T>(), *op = out.data_ptr<T>();
+    channel_pass<T>(g, xin, bank, a, channel, summed, maximum, with_plain).run([&] {
+      // per thread: the statistics' padded tiles, the logits, and sum_l a_x summed of every filter of the block
+      auto tiles = std::make_shared<LaneTiles<T>>();
+      tiles->shape(S, rows, cols);
+      auto logits = std::make_shared<std::vector<T>>(P * n);
+      auto acc = std::make_shared<std::vector<T>>(g.Q * P * n);
+      const auto use = [&, tiles, logits, acc](int64_t l, int64_t b0, int lanes, int64_t q0, int64_t qb,
+                                               const T* sum, const T* best) {
+        for (int64_t i = 0; i < qb; ++i) {
+          const int64_t q = q0 + i, p = l * g.Q + q;
+          const std::array<const T*, 2> stat{sum + i * P * n, best + i * P * n};
+          for (int64_t s = 0; s < S; ++s) {  // the statistics' planes into the interiors of their padded tiles
+            T* t = tiles->tile(s);
+            for (int64_t y = 0; y < Y; ++y)
+              std::memcpy(t + ((y + pad) * cols + pad) * n, stat[s] + y * X * n, X * n * sizeof(T));
+          }
+          T* lg = logits->data();
+          lane_correlate_any<T>(R, *tiles, 0, S, wxp + p * S * kkx, kx, dx, pad, pad + Y, Y, X, lg);
+          T* ac = acc->data() + q * P * n;
+          for (int64_t k = 0; k < P * n; k += n) {
+            const V av = T(1) / (T(1) + lane_exp<T>(-loadu<V>(lg + k)));
+            storeu(lg + k, av);
+            const V sv = loadu<V>(stat[0] + k);
+            storeu(ac + k, l == 0 ? av * sv : loadu<V>(ac + k) + av * sv);
+          }
+          from_lanes<T>(axp + (b0 * LQ + p) * P, lg, lanes, P, LQ * P);
+        }
+      };
+      const auto finish = [&, acc](int64_t b0, int lanes, const T* pl) {
+        const T sc = static_cast<T>(scale);
+        for (int64_t q = 0; q < g.Q; ++q) {
+          T* ac = acc->data() + q * P * n;
+          for (int64_t k = 0; k < P * n; k += n) {
+            const V v = loadu<V>(ac + k);
+            storeu(ac + k, (with_plain ? loadu<V>(pl + q * P * n + k) - v : v) * sc);
+          }
+          from_lanes<T>(op + (b0 * g.Q + q) * P, ac, lanes, P, g.Q * P);
+        }
+      };
+      return std::make_pair(use, finish);
+    });
+  });
+  return {channel, summed, maximum, a_x, out};
 }
 
 
@@ -1766,5 +1893,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("channel_argmax", &channel_argmax);
   m.def("selected_forward", &selected_forward);
   m.def("selected_backward", &selected_backward);
+  m.def("attend_forward", &attend_forward);
   m.def("attend_backward", &attend_backward);
 }

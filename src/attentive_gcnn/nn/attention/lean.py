@@ -502,21 +502,19 @@ def native_attend(
 
 
 class NativeAttend(torch.autograd.Function):
-    """See :func:`native_attend`. Forward: ``channel_argmax`` (the channel statistics, the channel arg-max and the
-    plain sum in one pass over the responses), then ``attention_map_forward``; backward: ``attend_backward``, one
-    pass in which the statistics' gradients go from the spatial attention's backward to the responses' without
-    leaving the kernel's tiles. Keeps the statistics, the arg-max and the map for backward (never ``ft``)."""
+    """See :func:`native_attend`. Forward: ``attend_forward``, one pass over the responses for the channel statistics,
+    the channel arg-max and the plain sum, and on their tiles the spatial map and the weighting; backward:
+    ``attend_backward``, one pass in which the statistics' gradients go from the spatial attention's backward to the
+    responses' without leaving the kernel's tiles. Keeps the statistics, the arg-max and the map for backward (never
+    ``ft``)."""
 
     @staticmethod
     def forward(ctx, xin, bank, a, bank_x, geo: ConvGeometry, dilation: int, with_plain: bool, single: bool, scale):
         kernels = native_kernels(xin)
         xin, bank, a, bank_x = _contiguous(xin, bank, a, bank_x)
-        channel, summed, maximum, plain = kernels.channel_argmax(xin, bank, a, *geo.conv_args, with_plain)
-        if single:  # max_c g = sum_c g: one statistic (its kernels summed by the caller)
-            channel = maximum = None
-        stats = (summed.flatten(1, 3), _flat(maximum))
-        out, a_x = kernels.attention_map_forward(*stats, bank_x, summed.shape[1], dilation, plain, scale)
-        out, a_x = out.view(summed.shape[:1] + summed.shape[2:]), a_x.view_as(summed)
+        channel, summed, maximum, a_x, out = kernels.attend_forward(
+            xin, bank, a, bank_x, geo.padding, geo.dilation, dilation, with_plain, single, scale
+        )  # single: no maximum, no channel (max_c g = sum_c g)
         ctx.save_for_backward(xin, bank, a, bank_x, channel, summed, maximum, a_x)
         ctx.conf = (geo, dilation, with_plain, scale)
         ctx.kernels = kernels
