@@ -83,6 +83,7 @@ def test_script_measures_models_and_writes_the_report(tmp_path, capsys):
         assert part in text
     assert f"torch {torch.__version__}" in text and "- device: cpu" in text
     assert "| `p4cnn` | 4 |" in text and "| p4cnn / plain_p4cnn train time |" in text
+    assert "- memory allocator (as in training, `attentive_gcnn.allocator`): glibc malloc keeping freed memory" in text
 
     # an existing report is not replaced without --force (checked before anything is measured)
     with pytest.raises(SystemExit) as e:

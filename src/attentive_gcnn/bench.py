@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attentive_gcnn import allocator
+
 REPO = Path(__file__).resolve().parents[2]
 PLAIN = "plain_p4cnn"
 RESULT_TAG = "BENCH_RESULT "
@@ -249,6 +251,7 @@ def measure(
         params=count_parameters(model),
         threads=torch.get_num_threads(),
         ignored_args=ignored,
+        allocator=allocator.describe(),
     )
 
 
@@ -264,6 +267,7 @@ def _worker(argv: list[str]) -> int:
     parser.add_argument("--overrides", default="{}", help="JSON object of build() overrides")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args(argv)
+    allocator.keep_freed_memory()  # as in training
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
@@ -429,6 +433,12 @@ def machine_description(device: str, threads: int, command: str) -> list[str]:
     return lines
 
 
+def _allocators(runs: list[Run]) -> str:
+    """The allocator setting the workers reported (one line; several where they differ)."""
+    seen = sorted({run.result.get("allocator", "not reported") for run in runs if run.result is not None})
+    return "; ".join(seen) or "no model measured"
+
+
 def markdown_report(
     runs: list[Run],
     rows,
@@ -459,6 +469,7 @@ def markdown_report(
             else ""
         ),
         f"- peak memory: {peak}",
+        f"- memory allocator (as in training, `attentive_gcnn.allocator`): {_allocators(runs)}",
         f"- torch.compile: {'every model (compiled during the warm-up steps)' if compiled else 'no (eager)'}",
         "",
         "| model | batch | train step (ms) | eval forward (ms) | peak memory (MiB) | parameters |"

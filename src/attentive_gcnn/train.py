@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from attentive_gcnn.allocator import keep_freed_memory
 from attentive_gcnn.checkpoint import load_checkpoint, load_model_checkpoint, save_checkpoint
 from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
@@ -406,6 +407,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entrypoint; returns the test error (%) so that sweeps can read it."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    keep_freed_memory()  # fewer page faults per step on the CPU (attentive_gcnn.allocator)
     try:
         check_options(cfg)
         summary = evaluate(cfg, run_dir) if cfg.eval_only else train(cfg, run_dir)
