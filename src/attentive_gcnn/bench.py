@@ -626,7 +626,8 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
     print("\n".join(notes))
 
     if args.markdown is not None:
-        command = shlex.join(["python", prog, *argv])
+        env = [f"{allocator.ENV}={os.environ[allocator.ENV]}"] if allocator.ENV in os.environ else []
+        command = shlex.join([*env, "python", prog, *argv])  # with the allocator setting the workers inherit
         text = markdown_report(
             runs, rows, device, used_threads, command, args.warmup, args.repeats, args.compile, args.rounds
         )
