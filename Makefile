@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-BENCH_ARGS ?= plain_p4cnn p4cnn fa_p4cnn a_p4cnn a_p4cnn@attention_impl=reference a_p4_allcnnc --batch-size-for a_p4_allcnnc=16 --rounds 3
+BENCH_ARGS ?= plain_p4cnn p4cnn fa_p4cnn a_p4cnn a_p4cnn@attention_impl=reference a_p4_allcnnc --batch-size-for a_p4_allcnnc=16 --rounds 5
 SEEDS ?= 3
 TABLE ?= all
 EPOCHS ?=
