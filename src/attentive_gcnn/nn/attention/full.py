@@ -317,27 +317,22 @@ class AttGConv(GConv):
         # per-orientation tensors are l-major, [B, n_in, Co', H, X', Y'], the layout of the convs that make them
         native = lean.native_kernels(xin)
         single = self.in_channels * self.in_order == 1  # max_c g = sum_c g = g: one statistic, its kernels summed
+        if single:
+            bank_x = bank_x.sum(dim=1, keepdim=True)
+        # sum_l a_X G_l, or plain - sum_l a_X G_l; without plain, _lean subtracts it from the plain conv
         scale = self.scale if fused_plain else 1.0  # the fused kernels apply the layer's scale too
         if native is not None and geo.stride == 1:  # the whole chunk as fused kernels
-            out, a_x = lean.native_attend(
-                xin, bank, a, bank_x.sum(dim=1, keepdim=True) if single else bank_x, geo, sa.dilation, fused_plain,
-                single, scale,
-            )  # fmt: skip
-            if sa.keep_map:
-                x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
-            return out, a_map, x_map
-        plain = None
-        if native is not None:  # G_l and max_c g (and the plain sum), from one fused pass
-            summed, maximum, *rest = lean.native_channel_stats(native, xin, bank, a, geo, with_plain=fused_plain)
-            plain = rest[0] if rest else None
+            out, a_x = lean.native_attend(xin, bank, a, bank_x, geo, sa.dilation, fused_plain, single, scale)
         else:
-            summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
-            maximum = None if single else lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)
-        if single:
-            maximum, bank_x = None, bank_x.sum(dim=1, keepdim=True)
-        # sum_l a_X G_l, or plain - sum_l a_X G_l; without plain, _lean subtracts it from the plain conv
-        scale = self.scale if plain is not None else 1.0  # the fused kernels apply the layer's scale too
-        out, a_x = lean.spatial_attention_sum(summed, maximum, bank_x, sa.dilation, plain, scale)
+            plain = None
+            if native is not None:  # G_l and max_c g (and the plain sum), from one fused pass
+                summed, maximum, *rest = lean.native_channel_stats(native, xin, bank, a, geo, with_plain=fused_plain)
+                plain = rest[0] if rest else None
+            else:
+                summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
+                maximum = None if single else lean.SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)
+            stats = (summed, None if single else maximum)
+            out, a_x = lean.spatial_attention_sum(*stats, bank_x, sa.dilation, plain, scale)
         if sa.keep_map:
             x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3)  # [B, Co', H, 1, n_in, X', Y']
         return out, a_map, x_map
