@@ -82,6 +82,25 @@ inline T hsum(const V& v, int n) {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// out[i] = sum over the threads' copies of the lane-wise partial sums, summed over the lanes: partial holds
+// `threads` copies of `count` vectors (the per-thread filter gradients of the backward kernels).
+template <typename T>
+void sum_lane_partials(const std::vector<typename Simd<T>::V>& partial, int threads, int64_t count, T* out) {
+  using V = typename Simd<T>::V;
+  for (int64_t i = 0; i < count; ++i) {
+    V s = V{};
+    for (int t = 0; t < threads; ++t) s += partial[t * count + i];
+    out[i] = hsum<T>(s, Simd<T>::n);
+  }
+}
+
+// dst[f][t] = src[f][kk - 1 - t] for `filters` filters of kk taps: the flipped filters of an input gradient.
+template <typename T>
+void flip_filters(T* dst, const T* src, int64_t filters, int64_t kk) {
+  for (int64_t f = 0; f < filters; ++f)
+    for (int64_t t = 0; t < kk; ++t) dst[f * kk + t] = src[f * kk + kk - 1 - t];
+}
+
 constexpr int64_t MAX_TAPS = 121;
 // the rows of StatsBackward's strips: one filter's gradient planes of a strip in this many bytes (measured
 // no slower than 16 KiB strips or none)
@@ -448,6 +467,21 @@ inline typename Simd<T>::V lane_exp(typename Simd<T>::V x) {
   return over ? V{} + std::numeric_limits<T>::infinity() : out;
 }
 
+// The spatial map's logits gradient g a (1 - a) summed, from the lane tiles go (g), av (a) and sv (summed) [Y * X][n],
+// into the interior (offset pad) of a padded lane tile lg with `cols` columns.
+template <typename T>
+void logits_grad_tile(T* lg, int64_t cols, int64_t pad, const T* go, const T* av, const T* sv, int64_t Y, int64_t X) {
+  using V = typename Simd<T>::V;
+  constexpr int n = Simd<T>::n;
+  for (int64_t y = 0; y < Y; ++y) {
+    for (int64_t x = 0; x < X; ++x) {
+      const int64_t i = (y * X + x) * n;
+      const V a_i = loadu<V>(av + i);
+      storeu(lg + ((y + pad) * cols + x + pad) * n, loadu<V>(go + i) * loadu<V>(sv + i) * a_i * (T(1) - a_i));
+    }
+  }
+}
+
 // The spatial attention of the full attention, fused: logits = planewise conv of (summed, maximum) by w (planes
 // p = (l, q), l-major, 'same' padding), a = sigmoid(logits), out[b, q] = sum_l a summed. summed, maximum: [B, L * Q,
 // Y, X] (maximum may be undefined: one statistic); returns out [B, Q, Y, X] and a [B, L * Q, Y, X]. With plain
@@ -573,9 +607,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
         std::vector<T> buf(pass == 0 ? YX * n : 0), flipped(S * kk), go(YX * n), av(YX * n), sv(YX * n);
         std::vector<V> dW(pass == 1 ? S * kk : 0);
         for (int64_t p = begin; p < end; ++p) {
-          const T* wpl = wp + p * S * kk;
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t t = 0; t < kk; ++t) flipped[s * kk + t] = wpl[s * kk + kk - 1 - t];
+          flip_filters(flipped.data(), wp + p * S * kk, S, kk);
           std::fill(dW.begin(), dW.end(), V{});
           for (int64_t b0 = 0; b0 < g.B; b0 += n) {
             const int lanes = static_cast<int>(std::min<int64_t>(n, g.B - b0));
@@ -586,15 +618,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_map_backward(const Tensor& grad_out
             }
             to_lanes<T>(av.data(), ap + plane, stride_b, lanes, YX);
             to_lanes<T>(sv.data(), sp + plane, stride_b, lanes, YX);
-            T* lg = lt.tile(0);  // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
-            for (int64_t y = 0; y < g.Y; ++y) {
-              for (int64_t x = 0; x < g.X; ++x) {
-                const int64_t i = (y * g.X + x) * n;
-                const V a_i = loadu<V>(av.data() + i);
-                storeu(lg + ((y + dpad) * g_cols + x + dpad) * n,
-                       loadu<V>(go.data() + i) * loadu<V>(sv.data() + i) * a_i * (T(1) - a_i));
-              }
-            }
+            logits_grad_tile(lt.tile(0), g_cols, dpad, go.data(), av.data(), sv.data(), g.Y, g.X);
             if (pass == 0) {
               for (int64_t s = 0; s < S; ++s) {
                 lane_correlate_any<T>(R, lt, 0, 1, flipped.data() + s * kk, g.k, g.d, dpad, dpad + g.Y, g.Y, g.X,
@@ -727,14 +751,7 @@ std::tuple<Tensor, Tensor> lane_conv_backward(const Tensor& grad_, const Tensor&
         }
       }
     });
-    if (need_w) {
-      T* gw = grad_w.data_ptr<T>();
-      for (int64_t i = 0; i < wsize; ++i) {
-        V s = V{};
-        for (int t = 0; t < threads; ++t) s += partial[t * wsize + i];
-        gw[i] = hsum<T>(s, n);
-      }
-    }
+    if (need_w) sum_lane_partials<T>(partial, threads, wsize, grad_w.data_ptr<T>());
   });
   return {grad_x, grad_w};
 }
@@ -1665,7 +1682,7 @@ struct StatsBackward {
               if (ch32) pass(ch32);
               else pass(ch8);
               if (need_x) {  // grad_x rows [y0, y1 + halo) += this strip's e correlated with the flipped filter
-                for (int64_t t = 0; t < kk; ++t) flipped[t] = w[kk - 1 - t];
+                flip_filters(flipped.data(), w, 1, kk);
                 lane_correlate_any<T>(static_cast<int>(R), et, 0, 1, flipped.data(), g.k, g.d, halo, halo + y1 - y0,
                                       y1 - y0 + halo, cols, gx.data() + (c * rows + y0) * cols * n, true);
               }
@@ -1701,13 +1718,7 @@ struct StatsBackward {
         }
       }
     });
-    if (need_w) {
-      for (int64_t i = 0; i < QCL * kk; ++i) {
-        V s = V{};
-        for (int t = 0; t < threads; ++t) s += partial[t * QCL * kk + i];
-        gwp[i] = hsum<T>(s, n);
-      }
-    }
+    if (need_w) sum_lane_partials<T>(partial, threads, QCL * kk, gwp);
   }
 };
 
@@ -1833,18 +1844,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attend_backward(
         }
         to_lanes<T>(av, axp + plane, stride_b, lanes, P);
         to_lanes<T>(sv, sp + plane, stride_b, lanes, P);
-        T* lg = s->lt.tile(0);  // the logits' gradient g a (1 - a) summed, into the interior of the padded tile
-        for (int64_t y = 0; y < Y; ++y) {
-          for (int64_t x = 0; x < X; ++x) {
-            const int64_t i = (y * X + x) * n;
-            const V a_i = loadu<V>(av + i);
-            storeu(lg + ((y + pad) * l_cols + x + pad) * n, loadu<V>(go + i) * loadu<V>(sv + i) * a_i * (T(1) - a_i));
-          }
-        }
-        const T* wpl = wxp + p * S * kkx;
+        logits_grad_tile(s->lt.tile(0), l_cols, pad, go, av, sv, Y, X);
         if (stats_part) {  // the statistics' gradients: the logits' gradient correlated with the flipped filters
-          for (int64_t st = 0; st < S; ++st)
-            for (int64_t t = 0; t < kkx; ++t) s->flipped[st * kkx + t] = wpl[st * kkx + kkx - 1 - t];
+          flip_filters(s->flipped.data(), wxp + p * S * kkx, S, kkx);
           lane_correlate_any<T>(Rx, s->lt, 0, 1, s->flipped.data(), kx, dx, pad, pad + Y, Y, X, gs);
           for (int64_t i = 0; i < P * n; i += n)  // + g a, the weighting's gradient of summed
             storeu(gs + i, loadu<V>(gs + i) + loadu<V>(go + i) * loadu<V>(av + i));
@@ -1869,14 +1871,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attend_backward(
         }
       });
     }
-    if (need_w_x) {
-      T* gw = grad_w_x.data_ptr<T>();
-      for (int64_t i = 0; i < LQ * S * kkx; ++i) {
-        V s = V{};
-        for (int t = 0; t < threads; ++t) s += partial_x[t * LQ * S * kkx + i];
-        gw[i] = hsum<T>(s, n);
-      }
-    }
+    if (need_w_x) sum_lane_partials<T>(partial_x, threads, LQ * S * kkx, grad_w_x.data_ptr<T>());
   });
   return {grad_x, grad_w, grad_a, grad_w_x};
 }
