@@ -1,39 +1,149 @@
 #!/usr/bin/env python
 """Rerun the paper's tables: every experiment of a table, N seeds, both protocols, then the results tables and figures.
 
-    python scripts/reproduce.py --table rotmnist|cifar10|pcam|all|mini [--seeds 3] [--protocols clean original]
-                                [--epochs N] [--only GLOB ...] [--out DIR] [--dry-run] [OVERRIDE ...]
+    python scripts/reproduce.py --table rotmnist|cifar10|pcam|all|mini [--seeds 3 | --seeds clean=5 original=3]
+        [--protocols clean original] [--epochs N] [--jobs J] [--only GLOB ...] [--out DIR]
+        [--stages train tta tables figures] [--python PATH] [--dry-run] [OVERRIDE ...]
 
-Each table is one Hydra multirun of ``python -m attentive_gcnn.train`` over ``configs/experiment/<table>/*`` x seeds
-x protocols, with ``resume=auto``: a finished run is skipped and a killed one continues, so the command can simply
-be run again after an interruption. Runs go to ``OUT/<experiment>/<protocol>/seed<k>/``. It refuses to start
-when a dataset a table needs is missing. Afterwards ``make_tables.py`` writes ``results/tables/`` and the curves
-go to ``results/figures/``; with ``--epochs`` (a quick pass) runs, tables and figures all go under
-``outputs/reproduce_epochs<N>/`` instead, so that they never mix with full runs.
+Stages, in order (``--stages`` picks some):
+
+1. ``train``: one ``python -m attentive_gcnn.train experiment=<table>/<model> protocol=P seed=k resume=auto`` per
+   table cell, protocol and seed (seed 0 of every cell first), in ``OUT/<experiment>/<protocol>/seed<k>/``. A
+   finished run is skipped and a killed one continues, so the command can simply be run again after an
+   interruption. ``--jobs J`` runs J of them at a time, each with 1/J of the CPU threads (on a 2-core CPU two
+   single-threaded runs do about 15 % more work than one two-threaded run); each job's output then goes to
+   ``OUT/logs/``. A lock file per run keeps two invocations from running the same one. ``--python`` runs the
+   jobs with another interpreter, e.g. the venv of a second checkout kept at a fixed commit while you work on
+   this one (every run records the commit of the code that ran it).
+2. ``tta``: the rotation test-time-augmented evaluation (``eval_tta=K``, K = 4, 8, 16) of the selected weights of
+   every finished Z2CNN and P4CNN run of the rot-MNIST-like tables, in ``.../seed<k>/tta<K>/``.
+3. ``tables``: ``make_tables.py`` over the runs.
+4. ``figures``: learning curves, accuracy against input rotation, attention maps.
+
+A full pass (no ``--epochs``) publishes each run as soon as it finishes: its small files go to
+``results/runs/<experiment>/<protocol>/seed<k>/`` and the selected weights of each model's seed-0 ``clean`` run to
+``results/checkpoints/<table>/<model>.ckpt`` (see :mod:`attentive_gcnn.publish`). A published run counts as done
+(it is not trained again, even without its run directory), and the tables and figures are built from
+``results/`` (``--results DIR``: under DIR instead). A quick pass (``--epochs N``) publishes nothing unless
+``--results`` is given; its runs, tables and figures all go under ``outputs/reproduce_epochs<N>/``. The script
+refuses to start when a dataset a table needs is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import fnmatch
+import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "configs" / "experiment"
 TABLES = {"rotmnist": ["table1"], "cifar10": ["table2"], "pcam": ["table3"], "mini": ["mini"]}
 TABLES["all"] = TABLES["rotmnist"] + TABLES["cifar10"] + TABLES["pcam"]
+PROTOCOLS = ("clean", "original")
+STAGES = ("train", "tta", "tables", "figures")
 # The checkpoints the figures of the rot-MNIST-like tables are drawn from (seed 0, protocol clean).
 ROTATION_MODELS = ("z2cnn", "p4cnn", "fa_p4cnn", "a_p4cnn")
 ROTATION_DATASETS = {"table1": "rotmnist", "mini": "rotmnist_mini"}
-ATTENTION_MODEL = "fa_p4cnn"
+ATTENTION_MODELS = ("fa_p4cnn", "a_p4cnn")
+# The post-hoc invariance baseline: these models' runs evaluated with rotation test-time augmentation.
+TTA_MODELS = {"table1": ("z2cnn", "p4cnn"), "mini": ("z2cnn", "p4cnn")}
+TTA_ROTATIONS = (4, 8, 16)
+PUBLISHED_SEED, PUBLISHED_PROTOCOL = 0, "clean"  # the run whose weights become the table's pretrained model
 
 
+@dataclass(frozen=True)
+class Job:
+    """One run: the training of (experiment, protocol, seed), or with ``tta`` = K the K-rotation test-time
+    augmented evaluation of that training run's selected weights."""
+
+    experiment: str
+    protocol: str
+    seed: int
+    tta: int = 0
+
+    @property
+    def path(self) -> Path:
+        """Where the run lives, relative to the runs (and the published) directory."""
+        path = Path(self.experiment) / self.protocol / f"seed{self.seed}"
+        return path / f"tta{self.tta}" if self.tta else path
+
+    @property
+    def trained(self) -> Job:
+        return Job(self.experiment, self.protocol, self.seed)
+
+    @property
+    def table(self) -> str:
+        return self.experiment.split("/", 1)[0]
+
+    @property
+    def model(self) -> str:
+        return self.experiment.split("/", 1)[1]
+
+    def __str__(self) -> str:
+        return f"{self.experiment} {self.protocol} seed {self.seed}" + (f" tta {self.tta}" if self.tta else "")
+
+    def command(self, out: Path, epochs: int | None, overrides: list[str], python: str = sys.executable) -> list[str]:
+        cmd = [
+            python,
+            "-m",
+            "attentive_gcnn.train",
+            f"experiment={self.experiment}",
+            f"protocol={self.protocol}",
+            f"seed={self.seed}",
+            "progress=false",
+            f"hydra.run.dir={out / self.path}",
+        ]
+        if self.tta:
+            ckpt = out / self.trained.path / "best.ckpt"
+            return cmd + ["eval_only=true", f"ckpt_path={ckpt}", f"eval_tta={self.tta}", *overrides]
+        return cmd + ["resume=auto"] + ([f"training.epochs={epochs}"] if epochs else []) + overrides
+
+
+# --------------------------------------------------------------------------------------------------- planning
 def experiments(table: str, only: list[str]) -> list[str]:
     """The experiment names of a table folder (``table1/p4cnn``, ...), filtered by the ``only`` globs."""
     names = sorted(f"{table}/{p.stem}" for p in (EXPERIMENTS / table).glob("*.yaml"))
     return [n for n in names if not only or any(fnmatch.fnmatch(n, pattern) for pattern in only)]
+
+
+def parse_seeds(values: list[str], protocols: list[str]) -> dict[str, int]:
+    """``["3"]`` -> 3 seeds for each of ``protocols``; ``["clean=5", "original=3"]`` -> seeds per protocol."""
+    if len(values) == 1 and "=" not in values[0]:
+        counts = dict.fromkeys(protocols, values[0])
+    else:
+        pairs = [v.split("=", 1) for v in values]
+        if any(len(p) != 2 or p[0] not in PROTOCOLS for p in pairs):
+            raise ValueError(f"--seeds {' '.join(values)}: expected N or PROTOCOL=N ... ({', '.join(PROTOCOLS)})")
+        counts = dict(pairs)
+    try:
+        seeds = {protocol: int(n) for protocol, n in counts.items()}
+    except ValueError:
+        raise ValueError(f"--seeds {' '.join(values)}: the number of seeds must be an integer") from None
+    if any(n < 1 for n in seeds.values()):
+        raise ValueError("--seeds must be positive")
+    return seeds
+
+
+def training_jobs(names: list[str], seeds: dict[str, int]) -> list[Job]:
+    """Seeds outermost (every cell's seed 0 first), then protocols in the usual order, then experiments."""
+    order = [p for p in PROTOCOLS if p in seeds]
+    return [Job(n, p, s) for s in range(max(seeds.values())) for p in order if s < seeds[p] for n in names]
+
+
+def tta_jobs(trained: list[Job]) -> list[Job]:
+    """The test-time-augmented evaluations of the training jobs of the models in :data:`TTA_MODELS`."""
+    return [
+        Job(j.experiment, j.protocol, j.seed, k)
+        for j in trained
+        if j.model in TTA_MODELS.get(j.table, ())
+        for k in TTA_ROTATIONS
+    ]
 
 
 def check_data(names: list[str], overrides: list[str]) -> None:
@@ -57,53 +167,116 @@ def check_data(names: list[str], overrides: list[str]) -> None:
             checked[key] = True
 
 
-def train_command(
-    names: list[str], seeds: int, protocols: list[str], out: Path, epochs: int | None, overrides: list[str]
-) -> list[str]:
-    """One multirun over seeds x experiments x protocols (seeds outermost: all cells get seed 0 first)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "attentive_gcnn.train",
-        "-m",
-        f"seed={','.join(map(str, range(seeds)))}",
-        f"experiment={','.join(names)}",
-        f"protocol={','.join(protocols)}",
-        "resume=auto",
-        f"hydra.sweep.dir={out}",
-        "hydra.sweep.subdir=${name}/${protocol}/seed${seed}",
-    ]
-    return cmd + ([f"training.epochs={epochs}"] if epochs else []) + overrides
+# --------------------------------------------------------------------------------------------------- running
+@dataclass
+class Places:
+    """Where runs live (``out``), and where finished ones are published (None: not published)."""
+
+    out: Path
+    runs: Path | None
+    checkpoints: Path | None
+
+    def publish(self, job: Job) -> None:
+        from attentive_gcnn.publish import publish_checkpoint, publish_run
+
+        if self.runs is None:
+            return
+        if publish_run(self.out / job.path, self.runs / job.path):
+            print(f"published {job} -> {self.runs / job.path}", flush=True)
+        if self.checkpoints and not job.tta and (job.seed, job.protocol) == (PUBLISHED_SEED, PUBLISHED_PROTOCOL):
+            dest = self.checkpoints / job.table / f"{job.model}.ckpt"
+            if publish_checkpoint(self.out / job.path, dest):
+                print(f"published the weights of {job} -> {dest}", flush=True)
+
+    def done(self, job: Job) -> bool:
+        """Published, or (when nothing is published) finished in ``out``."""
+        from attentive_gcnn.publish import is_published
+
+        return is_published((self.runs or self.out) / job.path)
 
 
-def figure_commands(table: str, out: Path, figures: Path, overrides: list[str], limit: int) -> list[list[str]]:
-    """Curves of every table; for rot-MNIST-like tables also accuracy vs rotation angle and attention maps."""
-    py, scripts = sys.executable, REPO / "scripts"
-    curves = ["--runs", str(out), "--select", f"{table}/*", "--protocol", "clean"]
-    cmds = [[py, str(scripts / "plot_curves.py"), *curves, "--out", str(figures / f"{table}_curves.png"), "--force"]]
-    if table not in ROTATION_DATASETS:
-        return cmds
-    data_dir = [o.split("=", 1)[1] for o in overrides if o.startswith("paths.data_dir=")]
-    data = ["--dataset", ROTATION_DATASETS[table], *(["--data-dir", data_dir[-1]] if data_dir else [])]
-    best = {m: out / table / m / "clean" / "seed0" / "best.ckpt" for m in ROTATION_MODELS}
-    ckpts = [str(path) for path in best.values() if path.is_file()]
-    if ckpts:
-        rotations = ["--limit", str(limit), "--out", str(figures / f"{table}_rotations"), "--force"]
-        cmds.append([py, str(scripts / "eval_rotations.py"), *ckpts, *data, *rotations])
-    if best[ATTENTION_MODEL].is_file():
-        png = figures / f"{table}_attention_{ATTENTION_MODEL}.png"
-        cmds.append(
-            [
-                py,
-                str(scripts / "visualize_attention.py"),
-                str(best[ATTENTION_MODEL]),
-                *data,
-                "--out",
-                str(png),
-                "--force",
-            ]
-        )
-    return cmds
+class Pool:
+    """Runs jobs as child processes, ``size`` at a time, each with ``threads`` CPU threads."""
+
+    def __init__(self, places: Places, size: int, dry_run: bool):
+        self.places, self.size, self.dry_run = places, size, dry_run
+        self.threads = max(1, (os.cpu_count() or 1) // size)
+        self.running: dict[subprocess.Popen, tuple[Job, object]] = {}
+        self.failed: list[Job] = []
+
+    def submit(self, job: Job, cmd: list[str]) -> None:
+        from attentive_gcnn.publish import read_summary
+
+        if self.places.done(job):
+            print(f"{job}: already complete", flush=True)
+            return
+        print("$ " + " ".join(cmd), flush=True)
+        if self.dry_run:
+            return
+        run_dir = self.places.out / job.path
+        if self.places.runs is not None and read_summary(run_dir) is not None:
+            self.places.publish(job)  # finished, but not published (e.g. by an interrupted invocation)
+            return
+        while len(self.running) >= self.size:
+            self._reap()
+        lock = self._lock(run_dir)
+        if lock is None:
+            print(f"skipping {job}: another process is running it", flush=True)
+            return
+        env = dict(os.environ)
+        if self.size > 1:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env.setdefault(var, str(self.threads))
+            log = self.places.out / "logs" / (str(job.path).replace(os.sep, ".") + ".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            stdout = log.open("a")
+            print(f"started {job} (log: {log})", flush=True)
+        else:
+            stdout = None
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+        self.running[proc] = (job, (lock, stdout))
+
+    def _lock(self, run_dir: Path):
+        """An exclusive lock on ``<run_dir>.lock``, or None when another process holds it."""
+        path = run_dir.with_name(run_dir.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        return f
+
+    def _reap(self) -> None:
+        """Wait until a child ends; publish its run or record its failure."""
+        while True:
+            for proc, (job, handles) in list(self.running.items()):
+                if proc.poll() is None:
+                    continue
+                del self.running[proc]
+                for handle in handles:
+                    if handle is not None:
+                        handle.close()
+                if proc.returncode == 0:
+                    self.places.publish(job)
+                else:
+                    print(f"error: {job} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
+                    self.failed.append(job)
+                return
+            time.sleep(1)
+
+    def join(self) -> None:
+        while self.running:
+            self._reap()
+
+    def stop(self) -> None:
+        """Terminate the running children (their runs resume from the last checkpoint next time)."""
+        for proc in self.running:
+            proc.terminate()
+        for proc in self.running:
+            proc.wait()
+        self.running.clear()
 
 
 def run(cmd: list[str], dry_run: bool) -> None:
@@ -112,45 +285,120 @@ def run(cmd: list[str], dry_run: bool) -> None:
         raise SystemExit(f"error: command failed: {' '.join(cmd)}")
 
 
-def main(argv: list[str] | None = None) -> int:
+# --------------------------------------------------------------------------------------------------- figures
+def figure_commands(table: str, places: Places, figures: Path, overrides: list[str], limit: int) -> list[list[str]]:
+    """Curves of every table; for rot-MNIST-like tables also accuracy vs rotation angle and attention maps, from
+    the published checkpoints where there are (else the seed-0 clean runs' selected weights)."""
+    py, scripts = sys.executable, REPO / "scripts"
+    runs = places.runs or places.out
+    curves = ["--runs", str(runs), "--select", f"{table}/*", "--protocol", "clean"]
+    cmds = [[py, str(scripts / "plot_curves.py"), *curves, "--out", str(figures / f"{table}_curves.png"), "--force"]]
+    if table not in ROTATION_DATASETS:
+        return cmds
+    data_dir = [o.split("=", 1)[1] for o in overrides if o.startswith("paths.data_dir=")]
+    data = ["--dataset", ROTATION_DATASETS[table], *(["--data-dir", data_dir[-1]] if data_dir else [])]
+
+    def weights(model: str) -> Path | None:
+        published = places.checkpoints / table / f"{model}.ckpt" if places.checkpoints else None
+        trained = places.out / Job(f"{table}/{model}", PUBLISHED_PROTOCOL, PUBLISHED_SEED).path / "best.ckpt"
+        return next((p for p in (published, trained) if p is not None and p.is_file()), None)
+
+    ckpts = [str(p) for m in ROTATION_MODELS if (p := weights(m)) is not None]
+    if ckpts:
+        rotations = ["--limit", str(limit), "--out", str(figures / f"{table}_rotations"), "--force"]
+        cmds.append([py, str(scripts / "eval_rotations.py"), *ckpts, *data, *rotations])
+    for model in ATTENTION_MODELS:
+        if (ckpt := weights(model)) is not None:
+            png = figures / f"{table}_attention_{model}.png"
+            cmds.append([py, str(scripts / "visualize_attention.py"), str(ckpt), *data, "--out", str(png), "--force"])
+    return cmds
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=sorted(TABLES), default="all")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds: 0 .. N-1 (default 3)")
-    parser.add_argument("--protocols", nargs="+", choices=("clean", "original"), default=["clean", "original"])
+    parser.add_argument(
+        "--seeds", nargs="+", default=["3"], metavar="N", help="N seeds (0 .. N-1) per protocol, or PROTOCOL=N ..."
+    )
+    parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (a quick pass)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, sharing the CPU threads (default 1)")
+    parser.add_argument(
+        "--python", default=sys.executable, help="the interpreter that runs the jobs, e.g. a fixed checkout's venv"
+    )
     parser.add_argument("--only", nargs="+", default=[], metavar="GLOB", help="only these experiments")
     parser.add_argument("--out", type=Path, default=None, help="runs directory (default outputs/reproduce)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where runs are published, tables and figures written (default: results/ for a "
+        "full pass; a quick pass publishes nothing and writes its tables and figures under its runs directory)",
+    )
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="what to do (default all)")
     parser.add_argument("--figure-limit", type=int, default=500, help="test images per angle in the rotation plot")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. paths.data_dir=/data")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or (args.epochs is not None and args.epochs < 1):
-        parser.error("--seeds and --epochs must be positive")
+    try:
+        args.seeds = parse_seeds(args.seeds, args.protocols)
+    except ValueError as e:
+        parser.error(str(e))
+    if (args.epochs is not None and args.epochs < 1) or args.jobs < 1:
+        parser.error("--epochs and --jobs must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     quick = args.epochs is not None
     out = (args.out or REPO / "outputs" / (f"reproduce_epochs{args.epochs}" if quick else "reproduce")).resolve()
-    results = out if quick else REPO / "results"
+    publish = args.results is not None or not quick
+    results = (args.results or REPO / "results").resolve() if publish else out
+    places = Places(out, results / "runs" if publish else None, results / "checkpoints" if publish else None)
     tables = {t: experiments(t, args.only) for t in TABLES[args.table]}
     tables = {t: names for t, names in tables.items() if names}
     if not tables:
         raise SystemExit(f"error: no experiment of --table {args.table} matches --only {' '.join(args.only)}")
-    check_data([n for names in tables.values() for n in names], args.overrides)
-    for names in tables.values():
-        run(train_command(names, args.seeds, args.protocols, out, args.epochs, args.overrides), args.dry_run)
-    run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "make_tables.py"),
-            "--runs",
-            str(out),
-            "--out",
-            str(results / "tables"),
-        ],
-        args.dry_run,
-    )
-    for table in tables:
-        for cmd in figure_commands(table, out, results / "figures", args.overrides, args.figure_limit):
-            run(cmd, args.dry_run)
-    print(f"runs: {out}\ntables: {results / 'tables'}\nfigures: {results / 'figures'}")
+    if {"train", "tta"} & set(args.stages):
+        check_data([n for names in tables.values() for n in names], args.overrides)
+    trained = [job for names in tables.values() for job in training_jobs(names, args.seeds)]
+    pool = Pool(places, args.jobs, args.dry_run)
+    try:
+        for stage, jobs in (("train", trained), ("tta", tta_jobs(trained))):
+            if stage not in args.stages:
+                continue
+            for job in jobs:
+                if job.tta and not args.dry_run and not (out / job.trained.path / "best.ckpt").is_file():
+                    if not places.done(job):
+                        print(f"skipping {job}: no trained weights in {out / job.trained.path}", flush=True)
+                    continue
+                pool.submit(job, job.command(out, args.epochs, args.overrides, args.python))
+            pool.join()
+    except KeyboardInterrupt:
+        pool.stop()
+        raise SystemExit("interrupted: run the same command again to continue") from None
+    if pool.failed:
+        raise SystemExit(f"error: {len(pool.failed)} run(s) failed: " + "; ".join(map(str, pool.failed)))
+    runs = places.runs or out
+    if "tables" in args.stages:
+        run(
+            [
+                sys.executable,
+                str(REPO / "scripts/make_tables.py"),
+                "--runs",
+                str(runs),
+                "--out",
+                str(results / "tables"),
+            ],
+            args.dry_run,
+        )
+    if "figures" in args.stages:
+        for table in tables:
+            for cmd in figure_commands(table, places, results / "figures", args.overrides, args.figure_limit):
+                run(cmd, args.dry_run)
+    print(f"runs: {out}" + (f"\npublished: {places.runs}" if places.runs else ""))
+    print(f"tables: {results / 'tables'}\nfigures: {results / 'figures'}")
     return 0
 
 

@@ -3,14 +3,30 @@ when data is missing, and one tiny end-to-end pass that yields a table and figur
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from attentive_gcnn.checkpoint import load_checkpoint
+from attentive_gcnn.errors import UserError
+from attentive_gcnn.publish import check_sums, is_published, publish_run
 from tests.data_fixtures import write_rotmnist_npz
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE1 = sorted(p.stem for p in (REPO / "configs/experiment/table1").glob("*.yaml"))
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts/reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def reproduce(*args: str) -> subprocess.CompletedProcess:
@@ -30,24 +46,56 @@ def test_every_table_has_its_experiments():
     assert len(list((REPO / "configs/experiment/table3").glob("*.yaml"))) == 5
 
 
-def test_dry_run_launches_one_resumable_sweep_per_table(tmp_path):
+def test_dry_run_lists_one_resumable_run_per_cell_protocol_and_seed(tmp_path):
     write_rotmnist_npz(tmp_path / "data", n_train=4, n_valid=2, n_test=4)
     result = reproduce(
         "--table",
         "rotmnist",
         "--seeds",
-        "3",
+        "clean=3",
+        "original=2",
         "--dry-run",
         "--out",
         str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
         f"paths.data_dir={tmp_path / 'data'}",
     )
     assert result.returncode == 0, result.stderr
-    sweep = next(line for line in result.stdout.splitlines() if "attentive_gcnn.train -m" in line)
-    assert "seed=0,1,2" in sweep and "protocol=clean,original" in sweep and "resume=auto" in sweep
-    assert f"experiment={','.join(f'table1/{n}' for n in TABLE1)}" in sweep
-    assert "hydra.sweep.subdir=${name}/${protocol}/seed${seed}" in sweep
+    runs = [line for line in result.stdout.splitlines() if "attentive_gcnn.train" in line]
+    trained = [line for line in runs if "resume=auto" in line]
+    assert len(trained) == len(TABLE1) * 5
+    first = f"experiment=table1/{TABLE1[0]} protocol=clean seed=0"
+    assert first in trained[0] and f"hydra.run.dir={tmp_path / 'runs' / f'table1/{TABLE1[0]}/clean/seed0'}" in runs[0]
+    # seed 0 of every cell and protocol first; original has 2 seeds only
+    assert all("seed=0" in line for line in trained[: 2 * len(TABLE1)])
+    assert not any("protocol=original seed=2" in line for line in trained)
+    tta = [line for line in runs if "eval_tta=" in line]
+    assert len(tta) == 2 * 5 * 3  # z2cnn and p4cnn, every seed and protocol, K = 4, 8, 16
+    assert all("eval_only=true" in line and "best.ckpt" in line for line in tta)
     assert "make_tables.py" in result.stdout and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "results").exists()
+
+
+def test_seeds_jobs_and_tta_plan():
+    rp = load_script()
+    assert rp.parse_seeds(["2"], ["clean", "original"]) == {"clean": 2, "original": 2}
+    assert rp.parse_seeds(["original=3", "clean=5"], ["clean"]) == {"original": 3, "clean": 5}
+    for bad in (["clean=0"], ["dirty=2"], ["x"], ["clean=2", "3"]):
+        with pytest.raises(ValueError):
+            rp.parse_seeds(bad, ["clean"])
+    jobs = rp.training_jobs(["mini/a", "mini/z2cnn"], {"clean": 2, "original": 1})
+    assert [(j.experiment, j.protocol, j.seed) for j in jobs] == [
+        ("mini/a", "clean", 0),
+        ("mini/z2cnn", "clean", 0),
+        ("mini/a", "original", 0),
+        ("mini/z2cnn", "original", 0),
+        ("mini/a", "clean", 1),
+        ("mini/z2cnn", "clean", 1),
+    ]
+    tta = rp.tta_jobs(jobs)
+    assert {j.experiment for j in tta} == {"mini/z2cnn"} and len(tta) == 3 * 3
+    assert str(tta[0].path) == "mini/z2cnn/clean/seed0/tta4" and tta[0].trained == jobs[1]
 
 
 def test_refuses_to_start_when_a_dataset_is_missing(tmp_path):
@@ -85,6 +133,53 @@ def test_a_tiny_mini_reproduction_yields_a_table_and_figures(tmp_path):
     assert "mini/fa_p4cnn" in table
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"mini_curves.png", "mini_rotations.png", "mini_rotations.csv", "mini_attention_fa_p4cnn.png"} <= figures
+    assert not (out / "runs").exists() and not (out / "checkpoints").exists()  # a quick pass publishes nothing
     again = reproduce(*args)  # a finished run is skipped, and the table comes out the same
     assert again.returncode == 0 and "already complete" in again.stderr + again.stdout
     assert (out / "tables/mini.md").read_text() == table
+
+
+def test_finished_runs_are_published_and_count_as_done(tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "results"
+    args = ["--table", "mini", "--only", "mini/z2cnn", "--seeds", "1", "--epochs", "1", "--protocols", "clean"]
+    args += ["--jobs", "2", "--stages", "train", "tables", "--out", str(out), "--results", str(results)]
+    result = reproduce(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    published = results / "runs/mini/z2cnn/clean/seed0"
+    assert sorted(p.name for p in published.iterdir()) == [
+        "config.yaml",
+        "metrics.csv",
+        "overrides.yaml",
+        "summary.json",
+    ]
+    assert (out / "logs/mini.z2cnn.clean.seed0.log").is_file()  # --jobs 2: each job's output in a log
+    ckpt = results / "checkpoints/mini/z2cnn.ckpt"
+    sums = (results / "checkpoints/mini/SHA256SUMS").read_text()
+    assert sums.endswith("  z2cnn.ckpt\n") and not check_sums(ckpt.parent)
+    summary = json.loads((published / "summary.json").read_text())
+    stored = load_checkpoint(ckpt)
+    assert stored["run"]["test_error"] == summary["test_error"] and stored["run"]["seed"] == 0
+    assert set(stored) == {"format", "model", "net", "state_dict", "epoch", "run"}  # weights only
+    table = (results / "tables/mini.md").read_text()
+    shutil.rmtree(out)  # published runs are done even without their run directory
+    again = reproduce(*args)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stdout + again.stderr
+    assert not out.joinpath("mini").exists() and (results / "tables/mini.md").read_text() == table
+
+
+def test_publishing_never_overwrites_another_run(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra/config.yaml").write_text("seed: 0\n")
+    (run / "metrics.csv").write_text("epoch,split\n")
+    with pytest.raises(UserError, match="no complete run"):
+        publish_run(run, tmp_path / "pub")
+    (run / "summary.json").write_text(json.dumps({"status": "complete", "test_error": 5.0}))
+    assert publish_run(run, tmp_path / "pub") and not publish_run(run, tmp_path / "pub")
+    assert (tmp_path / "pub/config.yaml").read_text() == "seed: 0\n"
+    (run / "summary.json").write_text(json.dumps({"status": "complete", "test_error": 4.0}))
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        publish_run(run, tmp_path / "pub")
+    assert json.loads((tmp_path / "pub/summary.json").read_text())["test_error"] == 5.0
+    (tmp_path / "pub/summary.json").write_text("{}")  # an incomplete summary does not count as published
+    assert not is_published(tmp_path / "pub")
