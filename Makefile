@@ -13,7 +13,7 @@ REPRODUCE = $(BIN)/python scripts/reproduce.py --seeds $(SEEDS) --protocols $(PR
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train reproduce reproduce-mini bench lint format test test-full clean
+.PHONY: help install train reproduce reproduce-mini tables bench lint format test test-full clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ reproduce: ## The paper's tables: TABLE=all|rotmnist|cifar10|pcam, SEEDS=3, PROT
 
 reproduce-mini: ## The Table 1 analogue on the embedded rotmnist_mini (SEEDS=, PROTOCOLS=, EPOCHS= as above)
 	$(REPRODUCE) --table mini $(ARGS)
+
+tables: ## Rebuild results/tables (tables and comparisons) from the published runs under results/runs
+	$(BIN)/python scripts/make_tables.py --runs results/runs --out results/tables
 
 bench: ## Time a training step, an eval forward and peak memory per model; BENCH_ARGS= models and options
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

@@ -210,8 +210,8 @@ class Pool:
         if self.places.done(job):
             print(f"{job}: already complete", flush=True)
             return
-        print("$ " + " ".join(cmd), flush=True)
         if self.dry_run:
+            print("$ " + " ".join(cmd), flush=True)
             return
         run_dir = self.places.out / job.path
         if self.places.runs is not None and read_summary(run_dir) is not None:
@@ -219,6 +219,7 @@ class Pool:
             return
         while len(self.running) >= self.size:
             self._reap()
+        print("$ " + " ".join(cmd), flush=True)
         lock = self._lock(run_dir)
         if lock is None:
             print(f"skipping {job}: another process is running it", flush=True)

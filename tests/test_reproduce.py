@@ -16,6 +16,7 @@ from attentive_gcnn.checkpoint import load_checkpoint
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.publish import check_sums, is_published, publish_run
 from tests.data_fixtures import write_rotmnist_npz
+from tests.test_tta import tiny_mini
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE1 = sorted(p.stem for p in (REPO / "configs/experiment/table1").glob("*.yaml"))
@@ -142,16 +143,15 @@ def test_a_tiny_mini_reproduction_yields_a_table_and_figures(tmp_path):
 def test_finished_runs_are_published_and_count_as_done(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
     args = ["--table", "mini", "--only", "mini/z2cnn", "--seeds", "1", "--epochs", "1", "--protocols", "clean"]
-    args += ["--jobs", "2", "--stages", "train", "tables", "--out", str(out), "--results", str(results)]
+    args += ["--jobs", "2", "--stages", "train", "tta", "tables", "--out", str(out), "--results", str(results)]
+    args += tiny_mini(tmp_path)
     result = reproduce(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     published = results / "runs/mini/z2cnn/clean/seed0"
-    assert sorted(p.name for p in published.iterdir()) == [
-        "config.yaml",
-        "metrics.csv",
-        "overrides.yaml",
-        "summary.json",
-    ]
+    files = ["config.yaml", "metrics.csv", "overrides.yaml", "summary.json", "tta16", "tta4", "tta8"]
+    assert sorted(p.name for p in published.iterdir()) == files
+    tta = json.loads((published / "tta8/summary.json").read_text())
+    assert (tta["mode"], tta["tta"], tta["name"], tta["seed"]) == ("eval", 8, "mini/z2cnn", 0)
     assert (out / "logs/mini.z2cnn.clean.seed0.log").is_file()  # --jobs 2: each job's output in a log
     ckpt = results / "checkpoints/mini/z2cnn.ckpt"
     sums = (results / "checkpoints/mini/SHA256SUMS").read_text()
@@ -161,6 +161,7 @@ def test_finished_runs_are_published_and_count_as_done(tmp_path):
     assert stored["run"]["test_error"] == summary["test_error"] and stored["run"]["seed"] == 0
     assert set(stored) == {"format", "model", "net", "state_dict", "epoch", "run"}  # weights only
     table = (results / "tables/mini.md").read_text()
+    assert "mini/z2cnn+tta16" in table and (results / "tables/mini_comparison.md").is_file()
     shutil.rmtree(out)  # published runs are done even without their run directory
     again = reproduce(*args)
     assert again.returncode == 0 and "already complete" in again.stdout, again.stdout + again.stderr

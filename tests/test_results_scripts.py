@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,16 @@ import numpy as np
 import pytest
 
 from attentive_gcnn.models import model_config, model_names
-from attentive_gcnn.results import find_runs
+from attentive_gcnn.results import (
+    ResultsError,
+    find_runs,
+    regularized_beta,
+    split_tta,
+    student_t_cdf,
+    student_t_quantile,
+    tta_name,
+    welch_interval,
+)
 from tests.conftest import authors_release_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +53,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------- synthetic runs
-def write_run(root, name, protocol, seed, error, last_error=None, epochs=3, params=24610, where=None, mode="train"):
-    """A run directory as train.py leaves it: summary.json and metrics.csv (accuracy rising by 1 pp per epoch)."""
+def write_run(
+    root, name, protocol, seed, error, last_error=None, epochs=3, params=24610, where=None, mode="train", **extra
+):
+    """A run directory as train.py leaves it: summary.json and metrics.csv (accuracy rising by 1 pp per epoch).
+
+    ``extra`` replaces or adds summary keys (``git_sha``, ``environment``, ...).
+    """
     run_dir = root / (where or f"{name}/{protocol}/seed{seed}")
     run_dir.mkdir(parents=True)
     select = "valid" if protocol == "clean" else "test"
@@ -67,6 +82,7 @@ def write_run(root, name, protocol, seed, error, last_error=None, epochs=3, para
         "wall_time_s": 60.0 * (seed + 1),
         "git_sha": "abc123",
         "environment": {"device_name": "Test GPU"},
+        **extra,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     lines = ["epoch,split,loss,accuracy,lr,time_s"]
@@ -75,6 +91,32 @@ def write_run(root, name, protocol, seed, error, last_error=None, epochs=3, para
         lines += [f"{e},train,{1 / e},{acc},0.001,1.0", f"{e},{select},{1.5 / e},{acc - 0.005},0.001,0.5"]
     lines += [f"{epochs},test_last,0.1,{1 - last_error / 100},0.001,0.5", f"{epochs},test_best,0.1,0.9,0.001,0.5"]
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def write_eval(root, name, protocol, seed, error, tta=4, where=None, **extra):
+    """An evaluation's summary.json as train.py writes it for ``mode=eval`` (TTA over ``tta`` rotations; None:
+    an ordinary evaluation), nested in the training run's directory like the published ones; no metrics.csv.
+    """
+    run_dir = root / (where or f"{name}/{protocol}/seed{seed}/{'eval' if tta is None else f'tta{tta}'}")
+    run_dir.mkdir(parents=True)
+    summary = {
+        "status": "complete",
+        "mode": "eval",
+        "name": name,
+        "protocol": protocol,
+        "seed": seed,
+        **({} if tta is None else {"tta": tta}),
+        "test_error": error,
+        "test_accuracy": 100 - error,
+        "test_loss": 0.1,
+        "params": 24610,
+        "git_sha": "abc123",
+        "environment": {"device_name": "Test GPU"},
+        "checkpoint": f"{name}/{protocol}/seed{seed}/checkpoints/best.pt",
+        **extra,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
 
@@ -106,7 +148,8 @@ def test_make_tables_statistics_join_and_order(runs_dir, tmp_path, capsys):
     out = tmp_path / "tables"
     rc, io = make_tables(["--runs", str(runs_dir), "--out", str(out)], capsys)
     assert rc == 0, io.err
-    assert sorted(p.name for p in out.iterdir()) == ["mini.csv", "mini.md", "table1.csv", "table1.md"]
+    names = ["mini.csv", "mini.md", "table1.csv", "table1.md", "table1_comparison.csv", "table1_comparison.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # mini has no pair with runs on both sides
     rows = read_rows(out / "table1.csv")
     keys = [(r["experiment"], r["protocol"]) for r in rows]
     assert keys == [  # paper.csv order, clean before original, then experiments not in the paper by name
@@ -122,6 +165,7 @@ def test_make_tables_statistics_join_and_order(runs_dir, tmp_path, capsys):
     assert (p4["last_test_error_mean"], p4["last_test_error_std"]) == ("2.2", "0.1")
     assert (p4["paper_error"], p4["paper_std"], p4["diff_mean_minus_paper"]) == ("2.048", "0.045", "0.452")
     assert (p4["params"], p4["wall_time_s_mean"], p4["devices"]) == ("24610", "120", "Test GPU")
+    assert (p4["machine"], p4["commit"]) == ("Test GPU", "abc123")
     a = got["table1/a_p4cnn", "clean"]
     assert (a["test_error_mean"], a["test_error_std"], a["diff_mean_minus_paper"]) == ("2", "1", "0.304")
     single = got["table1/p4cnn", "original"]
@@ -145,12 +189,202 @@ def test_make_tables_mini_is_labelled_not_comparable(runs_dir, tmp_path, capsys)
 
 
 def test_make_tables_is_idempotent(runs_dir, tmp_path, capsys):
+    for seed in range(3):
+        write_eval(runs_dir, "table1/p4cnn", "clean", seed, 1.5 + seed / 10)
     out = tmp_path / "tables"
     argv = ["--runs", str(runs_dir), "--out", str(out)]
     assert make_tables(argv, capsys)[0] == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"table1_comparison.md", "table1_comparison.csv"} <= set(first)
+    assert b"table1/p4cnn+tta4" in first["table1.csv"] and b"table1/p4cnn+tta4" in first["table1_comparison.csv"]
     assert make_tables(argv, capsys)[0] == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_make_tables_writes_repository_relative_paths(tmp_path, monkeypatch, capsys):
+    """Given absolute or relative paths, the tables name ``--runs`` etc. relative to the repository: same bytes."""
+    monkeypatch.setattr(script("make_tables"), "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+    shutil.copy(PAPER, tmp_path / "results/paper.csv")
+    write_run(tmp_path / "results/runs", "mini/p4cnn", "clean", 0, 40.0)
+    write_run(tmp_path / "results/runs", "mini/a_p4cnn", "clean", 0, 30.0)
+    argv = ["--runs", str(tmp_path / "results/runs"), "--out", str(tmp_path / "results/tables")]
+    assert make_tables(argv, capsys)[0] == 0
+    first = {p.name: p.read_text() for p in (tmp_path / "results/tables").iterdir()}
+    assert set(first) == {"mini.md", "mini.csv", "mini_comparison.md", "mini_comparison.csv"}
+    for name in ("mini.md", "mini_comparison.md"):
+        assert str(tmp_path) not in first[name]
+        assert "Built from `results/runs`" in first[name]
+        assert "`python scripts/make_tables.py --runs results/runs --out results/tables`" in first[name]
+    monkeypatch.chdir(tmp_path)
+    assert make_tables(["--runs", "results/runs", "--out", "results/tables"], capsys)[0] == 0
+    assert {p.name: p.read_text() for p in (tmp_path / "results/tables").iterdir()} == first
+
+
+@pytest.fixture
+def mini_runs(tmp_path):
+    """Mini runs with hand-checkable differences, TTA evaluations of z2cnn and evaluations the tables ignore."""
+    root = tmp_path / "runs"
+    cpu = {"device": "cpu", "device_name": "x86_64", "cpu_threads": 1, "host": "vm", "platform": "Linux-x"}
+    for seed in range(3):
+        write_run(root, "mini/z2cnn", "clean", seed, 5.0 + seed, dataset="rotmnist_mini", environment=cpu)
+        write_run(root, "mini/p4cnn", "clean", seed, 2.0 + seed / 10, last_error=3.0)
+        write_run(root, "mini/a_p4cnn", "clean", seed, 1.0 + seed / 10, last_error=2.0 + seed / 10)
+        write_eval(root, "mini/z2cnn", "clean", seed, 3.0 + seed, git_sha=f"{seed}bcdef0123456789+dirty")
+    for seed in range(2):
+        write_run(root, "mini/p4cnn_w19", "clean", seed, 1.0 + seed / 5, last_error=2.0 + seed / 5)
+    write_run(root, "mini/a_p4cnn", "original", 0, 1.0)
+    write_run(root, "mini/p4cnn_w19", "original", 0, 1.5)
+    write_eval(root, "mini/z2cnn", "clean", 0, 3.5, tta=16)
+    write_eval(root, "mini/z2cnn", "clean", 1, 0.5, tta=None)  # an ordinary evaluation
+    write_eval(root, "mini/z2cnn", "clean", 2, 0.5, tta=1)  # one rotation: no augmentation
+    return root
+
+
+def test_find_runs_returns_tta_evaluations_on_request(mini_runs):
+    assert all(r.tta is None for r in find_runs(mini_runs))  # plot_curves reads metrics.csv: no evaluations
+    tta = [r for r in find_runs(mini_runs, tta=True) if r.tta is not None]
+    assert [(r.name, r.seed) for r in tta] == [("mini/z2cnn+tta16", 0)] + [("mini/z2cnn+tta4", s) for s in range(3)]
+    assert {(r.base, r.protocol) for r in tta} == {("mini/z2cnn", "clean")} and tta[1].dir.name == "tta4"
+    assert tta_name("mini/z2cnn", 4) == "mini/z2cnn+tta4" and split_tta("mini/z2cnn+tta16") == ("mini/z2cnn", 16)
+    assert split_tta("mini/z2cnn") == ("mini/z2cnn", None) and split_tta("mini/odd+ttax") == ("mini/odd+ttax", None)
+    write_eval(mini_runs, "mini/z2cnn", "clean", 0, 3.0, where="copy/tta4")
+    with pytest.raises(ResultsError, match=r"mini/z2cnn\+tta4 protocol=clean seed=0"):
+        find_runs(mini_runs, tta=True)
+
+
+def test_make_tables_places_tta_rows_after_their_experiment(mini_runs, tmp_path, capsys):
+    out = tmp_path / "tables"
+    rc, io = make_tables(["--runs", str(mini_runs), "--out", str(out)], capsys)
+    assert rc == 0, io.err
+    rows = read_rows(out / "mini.csv")
+    assert [(r["experiment"], r["protocol"]) for r in rows] == [
+        ("mini/z2cnn", "clean"),
+        ("mini/z2cnn+tta4", "clean"),
+        ("mini/z2cnn+tta16", "clean"),
+        ("mini/p4cnn", "clean"),
+        ("mini/a_p4cnn", "clean"),
+        ("mini/a_p4cnn", "original"),
+        ("mini/p4cnn_w19", "clean"),
+        ("mini/p4cnn_w19", "original"),
+    ]
+    z2, tta = by_key(rows)["mini/z2cnn", "clean"], by_key(rows)["mini/z2cnn+tta4", "clean"]
+    assert (z2["machine"], z2["commit"]) == ("cpu (x86_64), 1 thread, host vm", "abc123")
+    assert (tta["n"], tta["seeds"], tta["test_error_mean"], tta["test_error_std"]) == ("3", "0,1,2", "4", "1")
+    assert (tta["last_test_error_mean"], tta["last_test_error_std"], tta["paper_rotmnist_not_comparable_error"]) == (
+        "",
+        "",
+        "",
+    )
+    assert (tta["model"], tta["dataset"], tta["epochs"], tta["paper_name"]) == (
+        "z2cnn",
+        "rotmnist_mini",
+        "3",
+        "Z2CNN + TTA4",
+    )
+    assert (tta["machine"], tta["commit"]) == ("Test GPU", "0bcdef0+dirty, 1bcdef0+dirty, 2bcdef0+dirty")
+    md = (out / "mini.md").read_text()
+    assert "| `mini/z2cnn+tta4` | Z2CNN + TTA4 | clean | 3 | 3 | 4.000 ± 1.000 |  |" in md
+    assert md.index("`mini/z2cnn`") < md.index("`mini/z2cnn+tta4`") < md.index("`mini/z2cnn+tta16`")
+    assert "| Test GPU | 0bcdef0+dirty, 1bcdef0+dirty, 2bcdef0+dirty |" in md and "A `+tta<K>` row" in md
+
+
+def test_make_tables_compares_pairs_with_welch_intervals(mini_runs, tmp_path, capsys):
+    out = tmp_path / "tables"
+    assert make_tables(["--runs", str(mini_runs), "--out", str(out)], capsys)[0] == 0
+    rows = read_rows(out / "mini_comparison.csv")
+    got = {(r["metric"], r["protocol"], r["model"], r["baseline"]): r for r in rows}
+    assert list(got)[:5] == [  # metric, protocol, then the order of the pairs; TTA pairs last
+        ("test_error", "clean", "mini/z2cnn", "mini/p4cnn"),
+        ("test_error", "clean", "mini/a_p4cnn", "mini/p4cnn"),
+        ("test_error", "clean", "mini/a_p4cnn", "mini/p4cnn_w19"),
+        ("test_error", "clean", "mini/z2cnn+tta4", "mini/z2cnn"),
+        ("test_error", "clean", "mini/z2cnn+tta16", "mini/z2cnn"),
+    ]
+    assert len(got) == len(rows) == 10  # no fa_p4cnn etc. (no runs); no last-epoch error for TTA rows
+
+    def check(key, *expected):
+        r = got[key]
+        values = (r["n_model"], r["n_baseline"], r["model_mean"], r["baseline_mean"], r["diff_model_minus_baseline"])
+        assert values + (r["ci95_low"], r["ci95_high"], r["welch_df"], r["verdict"]) == expected, key
+
+    # [1.0, 1.1, 1.2] vs [2.0, 2.1, 2.2]: diff -1, se = sqrt(0.01/3 + 0.01/3), df = 4, t = 2.776445
+    check(("test_error", "clean", "mini/a_p4cnn", "mini/p4cnn"), *expected_row(3, 3, 1.1, 2.1, -1, 0.01, 0.01, "lower"))
+    check(("test_error", "clean", "mini/z2cnn", "mini/p4cnn"), *expected_row(3, 3, 6, 2.1, 3.9, 1, 0.01, "higher"))
+    check(("test_error", "clean", "mini/a_p4cnn", "mini/p4cnn_w19"), *expected_row(3, 2, 1.1, 1.1, 0, 0.01, 0.02))
+    # the TTA rows against their experiment: [3, 4, 5] vs [5, 6, 7], df = 4: [-4.266958, 0.266958] contains 0
+    check(("test_error", "clean", "mini/z2cnn+tta4", "mini/z2cnn"), *expected_row(3, 3, 4, 6, -2, 1, 1))
+    check(("test_error", "clean", "mini/z2cnn+tta16", "mini/z2cnn"), "1", "3", "3.5", "6", "-2.5", "", "", "", "n<2")
+    check(("test_error", "original", "mini/a_p4cnn", "mini/p4cnn_w19"), "1", "1", "1", "1.5", "-0.5", "", "", "", "n<2")
+    # the last epoch: a_p4cnn [2.0, 2.1, 2.2] vs a constant 3.0 (df = n_model - 1)
+    check(
+        ("last_test_error", "clean", "mini/a_p4cnn", "mini/p4cnn"), *expected_row(3, 3, 2.1, 3, -0.9, 0.01, 0, "lower")
+    )
+    assert not any(k[0] == "last_test_error" and "+tta" in k[2] for k in got)
+
+    md = (out / "mini_comparison.md").read_text()
+    assert "## Test error at the selected epoch" in md and "## Test error at the last epoch" in md
+    line = (
+        "| `mini/z2cnn+tta4` | `mini/z2cnn` | TTA4 vs none | clean | 3 / 3 | 4.000 ± 1.000 | 6.000 ± 1.000 | -2.000 |"
+    )
+    assert line + " [-4.267, +0.267] | 4.0 | no difference within noise |" in md
+    assert "| `mini/a_p4cnn` | `mini/p4cnn_w19` | parameter-matched | original | 1 / 1 |" in md
+
+
+def expected_row(n_a, n_b, mean_a, mean_b, diff, var_a, var_b, verdict=None):
+    """The comparison CSV's values for two samples with these sizes, means and sample variances (Welch by hand)."""
+    va, vb = var_a / n_a, var_b / n_b
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    half = student_t_quantile(0.975, df) * math.sqrt(va + vb)
+    fmt = script("make_tables").num
+    verdict = verdict or "no difference within noise"
+    return (str(n_a), str(n_b), *map(fmt, (mean_a, mean_b, diff, diff - half, diff + half)), fmt(df, 3), verdict)
+
+
+# ------------------------------------------------------------------------------------------- statistics
+@pytest.mark.parametrize(
+    ("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423), (1e6, 1.95996)]
+)
+def test_student_t_quantile_known_values(df, expected):
+    assert student_t_quantile(0.975, df) == pytest.approx(expected, abs=5e-5)
+    assert student_t_quantile(0.025, df) == -student_t_quantile(0.975, df)
+
+
+def test_student_t_quantile_fractional_large_and_round_trip():
+    between = student_t_quantile(0.975, 3.5)
+    assert student_t_quantile(0.975, 4) < between < student_t_quantile(0.975, 3)
+    assert student_t_quantile(0.975, 1e9) == pytest.approx(1.959964, abs=1e-6)
+    assert student_t_quantile(0.975, math.inf) == pytest.approx(1.959964, abs=1e-6)
+    assert student_t_quantile(0.995, 2) == pytest.approx(9.9248, abs=5e-5) and student_t_quantile(0.5, 7) == 0
+    for p, df in [(0.6, 1), (0.9, 2.5), (0.975, 7.3), (0.999, 50), (0.01, 3)]:
+        assert student_t_cdf(student_t_quantile(p, df), df) == pytest.approx(p, abs=1e-12)
+    assert student_t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+    with pytest.raises(ValueError):
+        student_t_quantile(1.0, 3)
+    with pytest.raises(ValueError):
+        student_t_quantile(0.9, 0)
+
+
+def test_regularized_beta_closed_forms():
+    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
+        assert regularized_beta(x, 1, 1) == pytest.approx(x, abs=1e-14)
+        assert regularized_beta(x, 2.5, 1) == pytest.approx(x**2.5, abs=1e-14)  # I_x(a, 1) = x^a
+    assert regularized_beta(0.5, 7.5, 7.5) == pytest.approx(0.5, abs=1e-14)  # symmetry
+    assert regularized_beta(0.3, 2, 3) == pytest.approx(1 - regularized_beta(0.7, 3, 2), abs=1e-14)
+
+
+def test_welch_interval_by_hand_and_negative_control():
+    w = welch_interval([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])  # diff -3, se² = 1/3 + 1/3, df = 4
+    half = 2.7764451052 * math.sqrt(2 / 3)
+    assert (w.diff, w.df) == (-3.0, pytest.approx(4.0)) and w.verdict == "lower"
+    assert (w.low, w.high) == (pytest.approx(-3 - half, abs=1e-9), pytest.approx(-3 + half, abs=1e-9))
+    assert welch_interval([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]).verdict == "higher"
+    uneven = welch_interval([0.0, 2.0], [0.0, 0.0, 3.0, 3.0])  # se² = 2/2 + 3/4, df = 1.75² / (1 + 0.75²/3)
+    assert uneven.df == pytest.approx(49 / 19) and uneven.verdict == "no difference within noise"
+    same = welch_interval([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])  # negative control: identical samples
+    assert same.diff == 0 and same.low < 0 < same.high and same.verdict.startswith("no difference")
+    single = welch_interval([1.0], [2.0, 3.0])
+    assert (single.diff, single.low, single.high, single.df, single.verdict) == (-1.5, None, None, None, "n<2")
 
 
 def test_make_tables_warns_about_differing_epochs(tmp_path, capsys):

@@ -30,6 +30,7 @@ from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models.kit import count_parameters
 from attentive_gcnn.models.registry import CONFIG_DIR, build_from_config, model_config, model_names
+from attentive_gcnn.rotations import RotationTTA
 from attentive_gcnn.runlog import MetricsCSV, ensure_writable, provenance, write_json
 from attentive_gcnn.trainer import Trainer
 
@@ -64,6 +65,11 @@ def check_options(cfg: DictConfig) -> None:
         problems.append(f"progress={cfg.progress} must be auto, true or false")
     if cfg.get("compile", False) not in (True, False):
         problems.append(f"compile={cfg.compile} must be true or false")
+    tta = cfg.get("eval_tta", 0)
+    if isinstance(tta, bool) or not isinstance(tta, int) or tta < 0 or tta == 1:
+        problems.append(f"eval_tta={tta} must be 0 (off) or the number of rotations K >= 2 (an integer)")
+    elif tta and not cfg.eval_only:
+        problems.append(f"eval_tta={tta} is only used with eval_only=true (it averages a checkpoint's logits)")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -362,7 +368,13 @@ def _scalars(summary: dict) -> dict:
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
-    """``eval_only=true``: test the checkpoint at ``ckpt_path`` on the dataset's test split."""
+    """``eval_only=true``: test the checkpoint at ``ckpt_path`` on the dataset's test split.
+
+    ``eval_tta=K`` (K >= 2) averages the logits over the test images rotated by ``360 * i / K`` degrees
+    (:class:`attentive_gcnn.rotations.RotationTTA`), e.g. ``python -m attentive_gcnn.train eval_only=true
+    experiment=mini/z2cnn seed=0 ckpt_path=PATH eval_tta=4``; loss and accuracy are those of the averaged logits.
+    ``name`` and ``seed`` are recorded as given, to place the evaluation beside the run the checkpoint came from.
+    """
     prepare_run_dir(run_dir, resume=False)
     path = Path(cfg.ckpt_path)
     model, ckpt = load_model_checkpoint(path)
@@ -370,8 +382,12 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     source = make_source(cfg.dataset.source)
     check_fits(model, ckpt["model"], source, cfg.dataset)
     splits = source.splits(cfg.protocol)
+    module = compiled(model.to(device), cfg.get("compile", False), device)
+    tta = cfg.get("eval_tta", 0)
+    if tta:
+        module = RotationTTA(module, tta, splits.normalization)
     trainer = Trainer(
-        compiled(model.to(device), cfg.get("compile", False), device),
+        module,
         None,
         device,
         amp=cfg.amp,
@@ -380,15 +396,18 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     t0 = time.perf_counter()
     loss, acc = trainer.evaluate(
         make_loader(splits.test, cfg.training.eval_batch_size, shuffle=False, seed=0, num_workers=cfg.num_workers),
-        desc="test",
+        desc=f"test (TTA {tta})" if tta else "test",
     )
     summary = {
         "status": "complete",
         "mode": "eval",
         "checkpoint": str(path.resolve()),
+        "name": cfg.name,
         "model": ckpt["model"],
         "dataset": cfg.dataset.name,
         "protocol": cfg.protocol,
+        "seed": cfg.seed,
+        "tta": tta,
         "test_accuracy": acc,
         "test_error": 100 * (1 - acc),
         "test_loss": loss,
@@ -415,6 +434,8 @@ def main(cfg: DictConfig) -> float | None:
         log.error(f"error: {e}")
         raise SystemExit(2) from None
     what = f"checkpoint {summary.get('checkpoint')}" if cfg.eval_only else f"{summary['model']}"
+    if summary.get("tta"):
+        what += f" with its logits averaged over {summary['tta']} rotations (eval_tta)"
     n = summary["test_size"]
     print(f"test error: {summary['test_error']:.2f} % ({what} on {summary['dataset']}, {n:,} test images)")
     print(f"logs: {run_dir}")

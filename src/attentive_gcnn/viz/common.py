@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.models.registry import CONFIG_DIR
+from attentive_gcnn.rotations import denormalize, normalize  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.runlog import atomic_path
 
 SPLITS = ("train", "valid", "test")
@@ -73,24 +73,6 @@ def check_model_fits(model: nn.Module, model_name: str, data: SplitData) -> None
     from attentive_gcnn.train import check_fits
 
     check_fits(model, model_name, data.source, data.config)
-
-
-def _stats(normalization: dict, x: Tensor) -> tuple[Tensor, Tensor]:
-    mean = torch.as_tensor(normalization["mean"], dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
-    std = torch.as_tensor(normalization["std"], dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
-    return mean, std
-
-
-def denormalize(x: Tensor, normalization: dict) -> Tensor:
-    """``x * std + mean`` per channel: ``[..., C, H, W]`` normalised -> the images as stored (MNIST-rot: 0..1)."""
-    mean, std = _stats(normalization, x)
-    return x * std + mean
-
-
-def normalize(x: Tensor, normalization: dict) -> Tensor:
-    """``(x - mean) / std`` per channel, the inverse of :func:`denormalize`."""
-    mean, std = _stats(normalization, x)
-    return (x - mean) / std
 
 
 def prepare_output(paths: Sequence[str | Path], force: bool) -> list[Path]:

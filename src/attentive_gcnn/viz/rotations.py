@@ -1,10 +1,8 @@
 """Test accuracy as a function of a continuous rotation of the input.
 
-Rotations act on the images as stored, before normalisation: a batch is de-normalised (``x * std + mean``),
-rotated about the image centre by :func:`attentive_gcnn.data.rotate_images` (bilinear, zeros outside the image,
-the background of MNIST-rot digits; black corners for CIFAR-10 and PCam) and normalised again. Multiples of
-90 degrees use ``torch.rot90`` on the normalised tensor instead (exact: no interpolation, no fill), so a p4
-model scores identically at 0, 90, 180 and 270 degrees.
+The rotations are :func:`attentive_gcnn.rotations.rotate_batch`: the images as stored (before normalisation)
+rotated bilinearly with zero fill, except multiples of 90 degrees, which are exact ``torch.rot90``, so a p4 model
+scores identically at 0, 90, 180 and 270 degrees.
 """
 
 from __future__ import annotations
@@ -12,13 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
-from attentive_gcnn.data import rotate_images
-from attentive_gcnn.viz.common import denormalize, normalize
+from attentive_gcnn.rotations import rotate_batch
 
 
 def parse_angles(spec: str) -> list[float]:
@@ -36,20 +32,6 @@ def parse_angles(spec: str) -> list[float]:
     if not angles:
         raise ValueError(f"angles {spec!r}: no angle")
     return angles
-
-
-def rotate_batch(x: Tensor, angle: float, normalization: dict) -> Tensor:
-    """Rotate normalised images ``x [B, C, H, W]`` (H == W) counter-clockwise by ``angle`` degrees.
-
-    Multiples of 90: ``torch.rot90(x, angle // 90, dims=(-2, -1))``. Other angles: de-normalise, rotate
-    bilinearly with zero fill, re-normalise (in ``x``'s dtype, on the CPU).
-    """
-    if float(angle) % 90 == 0:
-        return torch.rot90(x, int(angle // 90) % 4, dims=(-2, -1))
-    raw = denormalize(x.cpu(), normalization)
-    flat = raw.reshape(-1, *raw.shape[-2:]).numpy()
-    rotated = rotate_images(flat, np.full(len(flat), float(angle)))
-    return normalize(torch.from_numpy(rotated).view_as(raw), normalization).to(x.device)
 
 
 def accuracy_vs_angle(
