@@ -15,8 +15,12 @@ from attentive_gcnn.checkpoint import model_payload, save_checkpoint
 from attentive_gcnn.groups import P4, P4M
 from attentive_gcnn.models import RotMNISTNet, build, from_authors_checkpoint
 from attentive_gcnn.viz import (
+    combined_full_attention,
     combined_spatial_attention,
+    full_spatial_attention_maps,
+    full_spatial_attention_modules,
     load_split,
+    orientation_grid,
     orientation_vectors,
     parse_angles,
     rotate_batch,
@@ -47,7 +51,7 @@ def ckpts(tmp_path_factory):
     torch.manual_seed(0)
     return {
         name: save_checkpoint(root / f"{name}.ckpt", model_payload(name, build(name)))
-        for name in ("fa_p4cnn", "p4cnn", "z2cnn", "a_p4cnn")
+        for name in ("fa_p4cnn", "p4cnn", "z2cnn", "a_p4cnn", "a_ch_p4cnn")
     }
 
 
@@ -104,6 +108,59 @@ def test_models_without_input_attention_maps_are_refused():
     assert len(spatial_attention_modules(build("romhog_p4cnn"))) == 7
 
 
+# -------------------------------------------------------------------------------------- full attention maps
+def roll_both(m, shift):
+    """Roll both H axes of a combined full-attention map ``[B, |H|, |H|, X, Y]``."""
+    return torch.roll(m, (shift, shift), dims=(1, 2))
+
+
+@pytest.mark.parametrize("name", ["a_p4cnn", "a_sp_p4cnn"])
+def test_full_attention_maps_roll_both_orientation_axes(name):
+    torch.manual_seed(0)
+    model = build(name).double()
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    maps, maps_rot = full_spatial_attention_maps(model, x), full_spatial_attention_maps(model, rot(x))
+    assert list(maps) == [f"c{i}" for i in range(1, 8)]
+    assert maps["c1"].shape == (2, 10, 4, 1, 1, 26, 26) and maps["c3"].shape == (2, 10, 4, 1, 4, 10, 10)
+    # each layer: rot90 in the plane, roll the output (dim 2) and input (dim 4) orientation axes by +1
+    for layer in ("c2", "c5"):
+        a, a_rot = maps[layer], maps_rot[layer]
+        assert rel_err(a_rot, rot(torch.roll(a, (1, 1), dims=(2, 4)))) < 1e-10
+        assert rel_err(a_rot, rot(torch.roll(a, 1, dims=2))) > 1e-3  # rolling one axis is wrong
+    m, m_rot = combined_full_attention(model, x), combined_full_attention(model, rot(x))
+    assert m.shape == (2, 4, 4, 28, 28) and m.dtype == torch.float64 and m.min() > 0 and m.max() < 1
+    assert rel_err(m_rot, rot(roll_both(m, 1))) < 1e-10
+    for wrong in (rot(roll_both(m, -1)), rot(m), rot(torch.roll(m, 1, dims=1)), rot(torch.roll(m, 1, dims=2))):
+        assert rel_err(m_rot, wrong) > 1e-3
+    error, control = rotation_errors(P4, m, m_rot, h_dims=(1, 2))
+    assert error < 1e-10 and control == pytest.approx(rel_err(m_rot, rot(roll_both(m, -1))))
+    # the product over layers; the lifting map is broadcast over the input orientations
+    assert rel_err(combined_full_attention(model, x, ["c3"]), orientation_grid(maps["c3"], (28, 28))) < 1e-12
+    without = combined_full_attention(model, x, skip_lifting=True)
+    assert rel_err(without * orientation_grid(maps["c1"], (28, 28)), m) < 1e-12
+    assert model.training  # the model's mode is restored
+
+
+def test_full_attention_maps_of_lean_and_reference_implementations_agree():
+    torch.manual_seed(1)
+    lean = build("a_p4cnn").double()
+    reference = build("a_p4cnn", attention_impl="reference").double()
+    reference.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    a, b = full_spatial_attention_maps(lean, x), full_spatial_attention_maps(reference, x)
+    assert all(rel_err(a[n], b[n]) < 1e-12 for n in a)
+
+
+def test_full_attention_without_spatial_maps_is_refused():
+    with pytest.raises(ValueError, match="full channel attention only"):
+        full_spatial_attention_modules(build("a_ch_p4cnn"))
+    with pytest.raises(ValueError, match="no spatial attention maps"):
+        full_spatial_attention_modules(build("p4cnn"))
+    with pytest.raises(ValueError, match="choose from"):
+        combined_full_attention(build("a_p4cnn"), torch.randn(1, 1, 28, 28), ["c9"])
+    assert len(full_spatial_attention_modules(build("a_sp_p4cnn"))) == 7
+
+
 def test_orientation_arrows():
     up, left, down, right = (-1, 0), (0, -1), (1, 0), (0, 1)
     assert [tuple(v) for v in orientation_vectors(P4).tolist()] == [up, left, down, right]
@@ -150,6 +207,20 @@ def test_visualize_attention_writes_the_figure(ckpts, tmp_path, capsys):
     assert out.read_bytes() != before
 
 
+def test_visualize_attention_draws_full_attention(ckpts, tmp_path, capsys):
+    out = tmp_path / "full.png"
+    viz = script("visualize_attention")
+    assert viz.main([str(ckpts["a_p4cnn"]), "--index", "0", "5", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    errors = [float(e) for e in re.findall(r"relative error ([0-9.e+-]+)", printed)]
+    controls = [float(e) for e in re.findall(r"wrong orientation shift: ([0-9.e+-]+)", printed)]
+    assert len(errors) == 2 and max(errors) < 1e-5 and min(controls) > 1e-2
+    argv = [str(ckpts["a_p4cnn"]), "--index", "1", "--layers", "c2", "c3", "--out", str(out), "--force"]
+    assert viz.main(argv) == 0
+    assert max(float(e) for e in re.findall(r"relative error ([0-9.e+-]+)", capsys.readouterr().out)) < 1e-5
+
+
 def test_visualize_attention_p4m_figure_has_both_halves(tmp_path):
     viz = script("visualize_attention")
     model = RotMNISTNet(group="p4m", attention="f")
@@ -179,12 +250,19 @@ def test_visualize_attention_p4m_model_on_rgb_images(tmp_path, monkeypatch, caps
 
 
 @pytest.mark.parametrize(
-    ("model", "message"), [("p4cnn", "no spatial attention maps"), ("a_p4cnn", "full attention"), (None, "exist")]
+    ("model", "extra", "message"),
+    [
+        ("p4cnn", [], "no spatial attention maps"),
+        ("a_ch_p4cnn", [], "full channel attention only"),
+        ("a_p4cnn", ["--layers", "c9"], "choose from"),
+        ("fa_p4cnn", ["--layers", "c2"], "full-attention models (a_*) only"),
+        (None, [], "exist"),
+    ],
 )
-def test_visualize_attention_errors(ckpts, tmp_path, capsys, model, message):
+def test_visualize_attention_errors(ckpts, tmp_path, capsys, model, extra, message):
     path = ckpts[model] if model else tmp_path / "missing.ckpt"
     out = tmp_path / "x.png"
-    assert script("visualize_attention").main([str(path), "--out", str(out)]) == 2
+    assert script("visualize_attention").main([str(path), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()

@@ -1,11 +1,16 @@
-"""Figures: attention maps of alpha-F models (SPEC 4.7) and accuracy under continuous input rotations."""
+"""Figures: attention maps of alpha-F and full-attention models, accuracy under input rotations."""
 
 from attentive_gcnn.viz.attention import (
+    combined_full_attention,
     combined_spatial_attention,
+    full_spatial_attention_maps,
+    full_spatial_attention_modules,
     model_group,
+    orientation_grid,
     orientation_vectors,
     rotation_errors,
     spatial_attention_modules,
+    spatial_map_kind,
 )
 from attentive_gcnn.viz.common import (
     SplitData,
@@ -23,13 +28,17 @@ from attentive_gcnn.viz.rotations import accuracy_vs_angle, parse_angles, rotate
 __all__ = [
     "SplitData",
     "accuracy_vs_angle",
+    "combined_full_attention",
     "combined_spatial_attention",
     "dataset_names",
     "denormalize",
+    "full_spatial_attention_maps",
+    "full_spatial_attention_modules",
     "load_model_checkpoint",
     "load_split",
     "model_group",
     "normalize",
+    "orientation_grid",
     "orientation_vectors",
     "parse_angles",
     "prepare_output",
@@ -38,4 +47,5 @@ __all__ = [
     "rotation_errors",
     "save_figure",
     "spatial_attention_modules",
+    "spatial_map_kind",
 ]
