@@ -2,7 +2,7 @@
 """Collect finished runs into one Markdown and one CSV table per paper table, beside the paper's numbers.
 
     python scripts/make_tables.py --runs outputs/reproduce
-    python scripts/make_tables.py --runs results/runs --out results/tables --paper results/paper.csv   # make tables
+    python scripts/make_tables.py --runs results/runs --out results/tables --readme README.md   # make tables
 
 Every ``summary.json`` under ``--runs`` with status complete and mode train is one run. So is every complete
 test-time-augmentation evaluation (mode eval, ``tta`` K >= 2), as a run of the cell ``<experiment>+tta<K>``
@@ -21,6 +21,10 @@ experiment. Each pair gives the n and mean of both sides, the difference of mean
 points), its 95 % Welch confidence interval and a verdict: ``lower`` or ``higher`` when the interval excludes 0,
 ``no difference within noise`` otherwise, ``n<2`` when a side has a single run (no interval). A table without
 any such pair gets no comparison files.
+
+``--readme README.md`` also refreshes the README's copies of the tables: every block between the lines
+``<!-- begin: results/tables/X.md -->`` and ``<!-- end: results/tables/X.md -->`` gets the rows (and notes) of the
+table file just written; other text is left alone.
 
 The output depends only on the inputs (sorted, no timestamps), and the paths written into it are relative to the
 repository when inside it, so rebuilding gives the same bytes.
@@ -459,6 +463,32 @@ def write_tables(runs: list[Run], paper: dict[str, dict], out: Path, context: di
     return written
 
 
+BLOCK = re.compile(r"(<!-- begin: (?P<file>\S+) -->\n)(?P<body>.*?)(<!-- end: (?P=file) -->)", re.DOTALL)
+
+
+def table_body(text: str) -> str:
+    """The part of a table's Markdown shown in the README: from the table's first row to the end."""
+    lines = text.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    return "".join(lines[first:])
+
+
+def update_readme(readme: Path, written: list[Path]) -> bool:
+    """Refresh the README's blocks ``<!-- begin: results/tables/X.md -->`` ... ``<!-- end: ... -->`` with the
+    tables just written (other blocks are left alone); True if the README changed."""
+    bodies = {shown(path): table_body(path.read_text(encoding="utf-8")) for path in written if path.suffix == ".md"}
+    text = readme.read_text(encoding="utf-8")
+
+    def fill(match: re.Match) -> str:
+        body = bodies.get(match["file"], match["body"])
+        return match.group(1) + body + match.group(4)
+
+    new = BLOCK.sub(fill, text)
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def shown(path: Path) -> str:
     """A path as written into the tables: relative to the repository when inside it (no machine-specific prefix)."""
     try:
@@ -472,6 +502,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", required=True, type=Path, help="directory searched recursively for summary.json")
     parser.add_argument("--out", type=Path, default=ROOT / "results/tables", help="output directory")
     parser.add_argument("--paper", type=Path, default=ROOT / "results/paper.csv", help="the paper's numbers")
+    parser.add_argument(
+        "--readme", type=Path, help="also refresh this file's '<!-- begin: results/tables/X.md -->' blocks"
+    )
     return parser.parse_args(argv)
 
 
@@ -493,8 +526,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         paper = read_paper(args.paper)
         context = {"runs": shown(args.runs), "paper": shown(args.paper), "total": len(runs), "command": command(args)}
-        for path in write_tables(runs, paper, args.out, context):
+        written = write_tables(runs, paper, args.out, context)
+        for path in written:
             print(path)
+        if args.readme and update_readme(args.readme, written):
+            print(f"{args.readme}: tables refreshed")
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

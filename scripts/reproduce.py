@@ -113,14 +113,17 @@ def experiments(table: str, only: list[str]) -> list[str]:
 
 
 def parse_seeds(values: list[str], protocols: list[str]) -> dict[str, int]:
-    """``["3"]`` -> 3 seeds for each of ``protocols``; ``["clean=5", "original=3"]`` -> seeds per protocol."""
+    """``["3"]`` -> 3 seeds for each of ``protocols``; ``["clean=5", "original=3"]`` -> seeds per protocol, for
+    the protocols among ``protocols``."""
     if len(values) == 1 and "=" not in values[0]:
         counts = dict.fromkeys(protocols, values[0])
     else:
         pairs = [v.split("=", 1) for v in values]
         if any(len(p) != 2 or p[0] not in PROTOCOLS for p in pairs):
             raise ValueError(f"--seeds {' '.join(values)}: expected N or PROTOCOL=N ... ({', '.join(PROTOCOLS)})")
-        counts = dict(pairs)
+        counts = {protocol: n for protocol, n in pairs if protocol in protocols}
+        if not counts:
+            raise ValueError(f"--seeds {' '.join(values)} names none of --protocols {' '.join(protocols)}")
     try:
         seeds = {protocol: int(n) for protocol, n in counts.items()}
     except ValueError:
@@ -177,10 +180,18 @@ class Places:
     checkpoints: Path | None
 
     def publish(self, job: Job) -> None:
-        from attentive_gcnn.publish import publish_checkpoint, publish_run
-
+        """Publish a finished run (and, for the designated seed, its weights), holding ``<results>/.publish.lock``
+        so that whoever rebuilds the tables or commits the results under the same lock sees whole publications."""
         if self.runs is None:
             return
+        self.runs.parent.mkdir(parents=True, exist_ok=True)
+        with (self.runs.parent / ".publish.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._publish(job)
+
+    def _publish(self, job: Job) -> None:
+        from attentive_gcnn.publish import publish_checkpoint, publish_run
+
         if publish_run(self.out / job.path, self.runs / job.path):
             print(f"published {job} -> {self.runs / job.path}", flush=True)
         if self.checkpoints and not job.tta and (job.seed, job.protocol) == (PUBLISHED_SEED, PUBLISHED_PROTOCOL):

@@ -81,8 +81,9 @@ def test_dry_run_lists_one_resumable_run_per_cell_protocol_and_seed(tmp_path):
 def test_seeds_jobs_and_tta_plan():
     rp = load_script()
     assert rp.parse_seeds(["2"], ["clean", "original"]) == {"clean": 2, "original": 2}
-    assert rp.parse_seeds(["original=3", "clean=5"], ["clean"]) == {"original": 3, "clean": 5}
-    for bad in (["clean=0"], ["dirty=2"], ["x"], ["clean=2", "3"]):
+    assert rp.parse_seeds(["original=3", "clean=5"], ["clean", "original"]) == {"original": 3, "clean": 5}
+    assert rp.parse_seeds(["original=3", "clean=5"], ["clean"]) == {"clean": 5}
+    for bad in (["clean=0"], ["dirty=2"], ["x"], ["clean=2", "3"], ["original=2"]):
         with pytest.raises(ValueError):
             rp.parse_seeds(bad, ["clean"])
     jobs = rp.training_jobs(["mini/a", "mini/z2cnn"], {"clean": 2, "original": 1})

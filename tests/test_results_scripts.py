@@ -188,6 +188,23 @@ def test_make_tables_mini_is_labelled_not_comparable(runs_dir, tmp_path, capsys)
     assert "paper % (rot-MNIST, not comparable)" in (out / "mini.md").read_text()
 
 
+def test_make_tables_refreshes_the_readme_blocks_only(runs_dir, tmp_path, capsys):
+    out, readme = tmp_path / "tables", tmp_path / "README.md"
+    shown = script("make_tables").shown
+    block = f"<!-- begin: {shown(out / 'table1.md')} -->\nold rows\n<!-- end: {shown(out / 'table1.md')} -->\n"
+    other = "<!-- begin: results/tables/none.md -->\nkept\n<!-- end: results/tables/none.md -->\n"
+    readme.write_text("# Title\n\n" + block + "\ntext between\n\n" + other)
+    assert make_tables(["--runs", str(runs_dir), "--out", str(out), "--readme", str(readme)], capsys)[0] == 0
+    text = readme.read_text()
+    body = (out / "table1.md").read_text()
+    rows = body[body.index("| experiment") :]
+    assert f"<!-- begin: {shown(out / 'table1.md')} -->\n{rows}<!-- end: " in text
+    assert "old rows" not in text and text.startswith("# Title\n\n") and "text between" in text
+    assert other in text  # a block whose table was not written is left alone
+    assert make_tables(["--runs", str(runs_dir), "--out", str(out), "--readme", str(readme)], capsys)[0] == 0
+    assert readme.read_text() == text
+
+
 def test_make_tables_is_idempotent(runs_dir, tmp_path, capsys):
     for seed in range(3):
         write_eval(runs_dir, "table1/p4cnn", "clean", seed, 1.5 + seed / 10)
