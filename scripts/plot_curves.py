@@ -10,14 +10,27 @@ to each run's selection split (valid for protocol clean, test for original on ro
 authors' released numbers (``results/reference/released_runs.csv``) of the plotted experiments are drawn as
 dashed horizontal lines (accuracy only: the best "val" accuracy, or the test accuracy when the test split is
 plotted); ``--authors-history DIR`` overlays their released per-epoch logs (``*_history.npy``).
+
+``--grid`` draws one small panel per experiment instead (``--cols`` per row, 5 by default; the y axis shared),
+titled by its model and number of seeds, each with the training curve and the curve of the evaluated split (by
+default the selection split), both as the mean over seeds with a band, and one legend for all panels:
+
+    python scripts/plot_curves.py --runs results/runs --select 'mini/*' --grid --ylim 90 100 \
+        --authors-history ../shared/authors_release --out results/figures/mini_curves_grid.png
+
+The authors' logs are their seed-0 runs on the real MNIST-rot (and CIFAR-10+, PCam). For the ``mini/<model>``
+experiments (the embedded small dataset) the log of ``table1/<model>`` is drawn, labelled as other data.
+TTA evaluations (``tta<K>/summary.json``) have no per-epoch rows and are never plotted.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +60,8 @@ HISTORY = {
     "table3/p4m_densenet": ("pcam_p4m_densenet_history.npy", 1),
 }
 HISTORY_ROW = {("accuracy", False): 0, ("loss", False): 1, ("accuracy", True): 2, ("loss", True): 3}  # (, train?)
+# prefix -> (prefix, data): mini/<model> (the embedded small dataset) borrows the log of table1/<model>, other data
+OTHER_DATA = {"mini/": ("table1/", "real MNIST-rot")}
 BANDS = {"minmax": "min–max over seeds", "std": "±1 sample std over seeds"}
 
 
@@ -92,29 +107,63 @@ def make_curve(name: str, runs: list[Run], split: str, metric: str, band: str) -
     return Curve(name, "/".join(sorted(splits)), len(per_seed), epochs, mean, low, high)
 
 
-def reference_lines(path: Path | None, curve: Curve, metric: str) -> list[tuple[float, str]]:
-    """The authors' released numbers for this experiment as (value, label): accuracy on a non-train split only."""
+def reference_lines(path: Path | None, curve: Curve, metric: str, short: bool = False) -> list[tuple[float, str]]:
+    """The authors' released numbers for this experiment as (value, label): accuracy on a non-train split only.
+
+    ``short`` leaves the run's name out of the label (one legend shared by the panels of ``--grid``).
+    """
     if path is None or metric != "accuracy" or curve.split == "train":
         return []
     wanted = "test_accuracy" if curve.split == "test" else "best_val_accuracy"
     rows = [r for r in read_csv(path) if r["experiment"] == curve.name and r["metric"] == wanted]
     what = "test accuracy" if wanted == "test_accuracy" else "best 'val' accuracy"
     return [
-        (float(r["value"]) * 100, f"authors' {what}, {r['run']} seed {r['seed']} ({r['protocol']} protocol)")
+        (
+            float(r["value"]) * 100,
+            f"authors' {what}, {'' if short else r['run'] + ' '}seed {r['seed']} ({r['protocol']} protocol)",
+        )
         for r in rows
     ]
 
 
-def authors_history(directory: Path | None, curve: Curve, metric: str) -> tuple[np.ndarray, str] | None:
-    """The authors' released per-epoch values for this experiment's metric and split, with a label."""
-    if directory is None or curve.name not in HISTORY:
+def history_source(name: str) -> tuple[str, int, str] | None:
+    """The authors' released log for experiment ``name`` as (file, seed, label); None if they released none.
+
+    The experiments of ``HISTORY`` get their own run's log. A ``mini/<model>`` experiment gets the log of
+    ``table1/<model>``, trained on the real MNIST-rot, and a label that says so.
+    """
+    if name in HISTORY:
+        file, seed = HISTORY[name]
+        return file, seed, f"authors' released log (seed {seed})"
+    for prefix, (theirs, data) in OTHER_DATA.items():
+        if name.startswith(prefix) and (other := theirs + name.removeprefix(prefix)) in HISTORY:
+            file, seed = HISTORY[other]
+            return file, seed, f"authors' log, {data} (other data), seed {seed}"
+    return None
+
+
+def authors_log(directory: Path | None, name: str, metric: str, train: bool) -> tuple[np.ndarray, str, str] | None:
+    """The authors' released per-epoch values of ``metric`` on their training split (``train``) or their 'val'
+    split for experiment ``name``, with a label and the split's name; None without ``directory`` or a log.
+
+    Their 'val' split is the test set on rot-MNIST and CIFAR-10 (the original protocol), a validation set on PCam.
+    """
+    source = None if directory is None else history_source(name)
+    if source is None:
         return None
-    file, seed = HISTORY[curve.name]
+    file, _, label = source
     if not (directory / file).is_file():
-        warn(f"{directory / file} not found; no authors' log for {curve.name}")
+        warn(f"{directory / file} not found; no authors' log for {name}")
         return None
     history = np.load(directory / file)
-    return history[HISTORY_ROW[metric, curve.split == "train"]] * scale(metric), f"authors' released log (seed {seed})"
+    split = "train" if train else "valid" if file.startswith("pcam") else "test"
+    return history[HISTORY_ROW[metric, train]] * scale(metric), label, split
+
+
+def authors_history(directory: Path | None, curve: Curve, metric: str) -> tuple[np.ndarray, str] | None:
+    """The authors' released per-epoch values for this curve's experiment, metric and split, with a label."""
+    log = authors_log(directory, curve.name, metric, curve.split == "train")
+    return None if log is None else log[:2]
 
 
 def plot(curves: list[Curve], args: argparse.Namespace) -> None:
@@ -152,14 +201,93 @@ def plot(curves: list[Curve], args: argparse.Namespace) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=150)
+    save_png(fig, args.out)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One experiment's panel of ``--grid``: its title and curves (training split first, then the evaluated one)."""
+
+    name: str
+    title: str
+    curves: list[Curve]
+
+
+def make_panels(groups: dict[tuple[str, str], list[Run]], args: argparse.Namespace) -> list[Panel]:
+    """One panel per experiment with a curve on the training split or the evaluated split (``args.split``)."""
+    panels = []
+    for (name, _), runs in groups.items():
+        curves = [c for split in ("train", args.split) if (c := make_curve(name, runs, split, args.metric, args.band))]
+        if curves:
+            model = runs[0].summary.get("model") or name.rsplit("/", 1)[-1]
+            panels.append(Panel(name, str(model), curves))
+    shared = Counter(p.title for p in panels)  # two experiments of one model (e.g. CIFAR-10 with and without aug)
+    panels = [replace(p, title=p.name.split("/", 1)[-1]) if shared[p.title] > 1 else p for p in panels]
+    return [replace(p, title=f"{p.title} (n={max(c.n for c in p.curves)})") for p in panels]
+
+
+def grid_figure(panels: list[Panel], args: argparse.Namespace):
+    """The ``--grid`` figure: ``args.cols`` panels a row, shared y axis, one legend below the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    cols = min(args.cols, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols + 0.6, 2.2 * rows + 1.2), sharey=True, squeeze=False, layout="constrained"
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ours: dict[str, object] = {}  # legend label -> the first panel's handle
+    theirs: dict[str, object] = {}  # the same for the authors' numbers and logs
+    for i, (ax, panel) in enumerate(zip(axes.flat, panels, strict=False)):
+        for curve in panel.curves:
+            train = curve.split == "train"
+            color = colors[0 if train else 1]
+            (line,) = ax.plot(curve.epochs, curve.mean, color=color, lw=1.3)
+            band = ax.fill_between(curve.epochs, curve.low, curve.high, color=color, alpha=0.25, lw=0)
+            what = "train" if train else curve.split + (" (selection split)" if args.split == "select" else "")
+            ours.setdefault(f"{what}: mean over seeds, band: {BANDS[args.band]}", (band, line))
+            for value, label in reference_lines(args.reference, curve, args.metric, short=True):
+                theirs.setdefault(label, ax.axhline(value, color="k", ls="--", lw=0.8))
+            log = authors_log(args.authors_history, panel.name, args.metric, train)
+            if log is not None:
+                values, label, split = log
+                (other,) = ax.plot(np.arange(1, len(values) + 1), values, color=color, ls=":", lw=1.0)
+                theirs.setdefault(f"{label}: {split}", other)
+        ax.set_title(panel.title, fontsize=9)
+        if i + cols >= len(panels):  # no panel below
+            ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    if args.ylim:
+        axes.flat[0].set_ylim(*args.ylim)
+    fig.supylabel("accuracy (%)" if args.metric == "accuracy" else "loss", fontsize=9)
+    fig.suptitle(f"{args.metric}, {args.protocol} protocol: {', '.join(args.select)}", fontsize=10)
+    legend = ours | theirs
+    ncols = 2 if cols > 2 else 1
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=ncols, fontsize=7)
+    return fig
+
+
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` (creating its directory), legends outside the axes included, and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
 def default_out(args: argparse.Namespace) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "+".join(args.select)).strip("-") or "curves"
-    return ROOT / "results/figures" / f"{slug}_{args.protocol}_{args.split}_{args.metric}.png"
+    grid = "_grid" if args.grid else ""
+    return ROOT / "results/figures" / f"{slug}_{args.protocol}_{args.split}_{args.metric}{grid}.png"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -173,6 +301,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--band", choices=tuple(BANDS), default="minmax", help="band over seeds (default: minmax)")
     parser.add_argument("--ylim", nargs=2, type=float, metavar=("LOW", "HIGH"), help="y-axis range, e.g. 95 99")
+    parser.add_argument(
+        "--grid", action="store_true", help="one panel per experiment: train and the evaluated split, seeds banded"
+    )
+    parser.add_argument("--cols", type=int, default=5, help="panels per row of --grid (default: 5)")
     parser.add_argument("--out", type=Path, help="PNG to write (default: results/figures/<patterns>_....png)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing PNG")
     parser.add_argument("--reference", type=Path, help=f"released numbers CSV (default: {DEFAULT_REFERENCE})")
@@ -192,6 +324,10 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise ResultsError(f"--out {args.out} must end in .png")
     if args.out.exists() and not args.force:
         raise ResultsError(f"{args.out} exists; pass --force to overwrite it")
+    if args.grid and args.split == "train":
+        raise ResultsError("--grid draws the training split next to --split: choose select, valid or test")
+    if args.cols < 1:
+        raise ResultsError(f"--cols must be positive, not {args.cols}")
     if args.no_reference:
         args.reference = None
     elif args.reference is None:
@@ -206,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_inputs(args)
-        runs = find_runs(args.runs, incomplete=args.include_incomplete)
+        runs = find_runs(args.runs, incomplete=args.include_incomplete)  # training runs only: no TTA evaluations
         chosen = select_runs(runs, args.select, args.protocol)
         if not chosen:
             have = sorted({f"{r.name} ({r.protocol})" for r in runs}) or ["none"]
@@ -215,12 +351,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"found: {', '.join(have)}"
             )
         groups = group_runs(chosen)
-        curves = [
-            c for (name, _), rs in groups.items() if (c := make_curve(name, rs, args.split, args.metric, args.band))
-        ]
-        if not curves:
-            raise ResultsError(f"the matching runs have no '{args.split}' rows in their metrics.csv")
-        plot(curves, args)
+        if args.grid:
+            panels = make_panels(groups, args)
+            if not panels:
+                raise ResultsError(f"the matching runs have no 'train' or '{args.split}' rows in their metrics.csv")
+            save_png(grid_figure(panels, args), args.out)
+        else:
+            curves = [
+                c for (name, _), rs in groups.items() if (c := make_curve(name, rs, args.split, args.metric, args.band))
+            ]
+            if not curves:
+                raise ResultsError(f"the matching runs have no '{args.split}' rows in their metrics.csv")
+            plot(curves, args)
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ Stages, in order (``--stages`` picks some):
 2. ``tta``: the rotation test-time-augmented evaluation (``eval_tta=K``, K = 4, 8, 16) of the selected weights of
    every finished Z2CNN and P4CNN run of the rot-MNIST-like tables, in ``.../seed<k>/tta<K>/``.
 3. ``tables``: ``make_tables.py`` over the runs.
-4. ``figures``: learning curves, accuracy against input rotation, attention maps.
+4. ``figures``: learning curves (one panel per model: training and selection accuracy, mean and min-max band over
+   seeds), accuracy against input rotation (Z2CNN also with 4-rotation TTA), attention maps.
 
 A full pass (no ``--epochs``) publishes each run as soon as it finishes: its small files go to
 ``results/runs/<experiment>/<protocol>/seed<k>/`` and the selected weights of each model's seed-0 ``clean`` run to
@@ -51,6 +52,7 @@ STAGES = ("train", "tta", "tables", "figures")
 ROTATION_MODELS = ("z2cnn", "p4cnn", "fa_p4cnn", "a_p4cnn")
 ROTATION_DATASETS = {"table1": "rotmnist", "mini": "rotmnist_mini"}
 ATTENTION_MODELS = ("fa_p4cnn", "a_p4cnn")
+CURVES_YLIM = ("80", "100")  # accuracy (%) range of the learning-curve panels
 # The post-hoc invariance baseline: these models' runs evaluated with rotation test-time augmentation.
 TTA_MODELS = {"table1": ("z2cnn", "p4cnn"), "mini": ("z2cnn", "p4cnn")}
 TTA_ROTATIONS = (4, 8, 16)
@@ -303,7 +305,7 @@ def figure_commands(table: str, places: Places, figures: Path, overrides: list[s
     the published checkpoints where there are (else the seed-0 clean runs' selected weights)."""
     py, scripts = sys.executable, REPO / "scripts"
     runs = places.runs or places.out
-    curves = ["--runs", str(runs), "--select", f"{table}/*", "--protocol", "clean"]
+    curves = ["--runs", str(runs), "--select", f"{table}/*", "--protocol", "clean", "--grid", "--ylim", *CURVES_YLIM]
     cmds = [[py, str(scripts / "plot_curves.py"), *curves, "--out", str(figures / f"{table}_curves.png"), "--force"]]
     if table not in ROTATION_DATASETS:
         return cmds
@@ -317,7 +319,7 @@ def figure_commands(table: str, places: Places, figures: Path, overrides: list[s
 
     ckpts = [str(p) for m in ROTATION_MODELS if (p := weights(m)) is not None]
     if ckpts:
-        rotations = ["--limit", str(limit), "--out", str(figures / f"{table}_rotations"), "--force"]
+        rotations = ["--limit", str(limit), "--tta", "4", "--out", str(figures / f"{table}_rotations"), "--force"]
         cmds.append([py, str(scripts / "eval_rotations.py"), *ckpts, *data, *rotations])
     for model in ATTENTION_MODELS:
         if (ckpt := weights(model)) is not None:

@@ -286,9 +286,9 @@ def test_eval_rotations_writes_csv_and_png(ckpts, tmp_path, capsys):
     assert evr.main([*args, "--device", "cpu"]) == 0
     with open(f"{out}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["checkpoint", "model", "angle_deg", "accuracy", "n"]
-    assert [(r["model"], r["angle_deg"]) for r in rows] == [
-        (m, str(a)) for m in ("z2cnn", "p4cnn") for a in range(0, 360, 45)
+    assert list(rows[0]) == ["checkpoint", "model", "tta", "angle_deg", "accuracy", "n"]
+    assert [(r["model"], r["tta"], r["angle_deg"]) for r in rows] == [
+        (m, "1", str(a)) for m in ("z2cnn", "p4cnn") for a in range(0, 360, 45)
     ]
     assert {r["n"] for r in rows} == {"64"} and rows[0]["checkpoint"] == str(ckpts["z2cnn"])
     acc = {(r["model"], int(r["angle_deg"])): float(r["accuracy"]) for r in rows}
@@ -298,6 +298,38 @@ def test_eval_rotations_writes_csv_and_png(ckpts, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert evr.main(args) == 2  # both outputs exist
     assert "--force" in capsys.readouterr().err
+
+
+def test_eval_rotations_tta_line_for_planar_checkpoints(ckpts, tmp_path, capsys):
+    out = tmp_path / "tta"
+    paths = [str(ckpts["z2cnn"]), str(ckpts["p4cnn"])]
+    argv = [*paths, "--limit", "64", "--angles", "0:360:45", "--tta", "4", "--device", "cpu", "--out", str(out)]
+    assert script("eval_rotations").main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "--tta 4 augments planar (z2) checkpoints only, not: p4cnn (p4)" in printed
+    assert "z2cnn + TTA 4: mean" in printed and "p4cnn + TTA" not in printed
+    with open(f"{out}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["checkpoint"], r["model"], r["tta"]) for r in rows[::8]] == [
+        (paths[0], "z2cnn", "1"),
+        (paths[0], "z2cnn", "4"),  # the augmented z2cnn right after the model itself
+        (paths[1], "p4cnn", "1"),  # no TTA rows for the p4 model
+    ]
+    assert len(rows) == 24 and {r["n"] for r in rows} == {"64"}
+    acc = {(r["model"], int(r["tta"]), int(r["angle_deg"])): float(r["accuracy"]) for r in rows}
+    assert acc["z2cnn", 4, 0] == acc["z2cnn", 4, 90] == acc["z2cnn", 4, 180] == acc["z2cnn", 4, 270]  # exact rot90
+    assert acc["p4cnn", 1, 0] == acc["p4cnn", 1, 90] == acc["p4cnn", 1, 180] == acc["p4cnn", 1, 270]
+    assert len({acc["z2cnn", 1, a] for a in (0, 90, 180, 270)}) > 1  # control: the plain Z2 model is not invariant
+    assert Path(f"{out}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("k", ["1", "0", "-2"])
+def test_eval_rotations_rejects_a_bad_tta(ckpts, tmp_path, capsys, k):
+    out = tmp_path / "r"
+    assert script("eval_rotations").main([str(ckpts["z2cnn"]), "--tta", k, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --tta must be an integer K >= 2 (the number of rotations averaged over), not {k}\n"
+    assert not any(tmp_path.iterdir())
 
 
 def test_eval_rotations_labels_and_errors(ckpts, tmp_path, capsys):

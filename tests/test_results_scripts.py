@@ -541,6 +541,126 @@ def test_plot_curves_overlays_the_authors_history(runs_dir, tmp_path, capsys):
     assert rc == 0 and out.is_file(), io.err
 
 
+@pytest.fixture
+def grid_runs(tmp_path):
+    """Three mini experiments (z2cnn with a TTA evaluation per seed, p4cnn with one seed) and one original run."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root, "mini/z2cnn", "clean", seed, 5.0, epochs=4)
+        write_eval(root, "mini/z2cnn", "clean", seed, 4.0)  # tta4/summary.json: never a curve
+        write_run(root, "mini/a_p4cnn", "clean", seed, 2.0, epochs=4)
+    write_run(root, "mini/p4cnn", "clean", 0, 3.0, epochs=4)
+    write_run(root, "mini/p4cnn", "original", 0, 3.0, epochs=4)
+    return root
+
+
+@pytest.fixture
+def grid_figures(monkeypatch):
+    """The figures plot_curves saves: titles of the visible panels, y limits of the first, legend labels, grid shape."""
+    module, saved = script("plot_curves"), []
+    original = module.save_png
+
+    def record(fig, path):
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        shape = axes[0].get_subplotspec().get_gridspec().get_geometry()
+        saved.append(dict(titles=[ax.get_title() for ax in axes], ylim=axes[0].get_ylim(), labels=labels, shape=shape))
+        original(fig, path)
+
+    monkeypatch.setattr(module, "save_png", record)
+    return saved
+
+
+def test_plot_curves_grid_draws_one_panel_per_experiment(grid_runs, grid_figures, tmp_path, capsys):
+    out = tmp_path / "figs/grid.png"
+    argv = ["--runs", str(grid_runs), "--select", "mini/*", "--grid", "--ylim", "90", "100", "--out", str(out)]
+    rc, io = plot(argv, capsys)
+    assert rc == 0, io.err
+    assert io.out.strip() == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = grid_figures
+    assert fig["titles"] == ["a_p4cnn (n=3)", "p4cnn (n=1)", "z2cnn (n=3)"]  # no panel for mini/z2cnn+tta4
+    assert fig["ylim"] == (90.0, 100.0) and fig["shape"] == (1, 3)
+    assert fig["labels"] == [
+        "train: mean over seeds, band: min–max over seeds",
+        "valid (selection split): mean over seeds, band: min–max over seeds",
+    ]
+    # the panels' curves: both splits, the selection split read from the summary; one seed: the band collapses
+    module = script("plot_curves")
+    args = module.parse_args(argv)
+    panels = module.make_panels(module.group_runs(module.select_runs(find_runs(grid_runs), ["mini/*"], "clean")), args)
+    p4 = next(p for p in panels if p.name == "mini/p4cnn")
+    assert [(c.split, c.n) for c in p4.curves] == [("train", 1), ("valid", 1)]
+    assert np.array_equal(p4.curves[0].low, p4.curves[0].high) and np.array_equal(p4.curves[0].mean, p4.curves[0].low)
+    z2 = next(p for p in panels if p.name == "mini/z2cnn")
+    assert z2.curves[0].mean == pytest.approx([91.1, 92.1, 93.1, 94.1])  # 90 + e + 0.1 (the seeds' mean)
+    assert z2.curves[1].low == pytest.approx([90.5, 91.5, 92.5, 93.5]) and z2.curves[1].high[0] == pytest.approx(90.7)
+    # no overwrite without --force
+    before = out.read_bytes()
+    rc, io = plot(argv + ["--band", "std"], capsys)
+    assert rc == 2 and "exists; pass --force" in io.err and out.read_bytes() == before
+    assert plot(argv + ["--band", "std", "--force"], capsys)[0] == 0 and out.read_bytes() != before
+
+
+def test_plot_curves_grid_single_seed_original_protocol_and_layout(grid_runs, grid_figures, tmp_path, capsys):
+    out = tmp_path / "one.png"
+    argv = ["--runs", str(grid_runs), "--select", "mini/p4cnn", "--grid", "--protocol", "original", "--out", str(out)]
+    rc, io = plot(argv + ["--no-reference"], capsys)
+    assert rc == 0 and out.is_file(), io.err
+    (fig,) = grid_figures
+    assert fig["titles"] == ["p4cnn (n=1)"] and fig["labels"][1].startswith("test (selection split)")
+    # ten experiments in two rows of five
+    for i in range(10):
+        write_run(grid_runs, f"mini/m{i}", "clean", 0, 1.0, epochs=2)
+    rc, io = plot(
+        ["--runs", str(grid_runs), "--select", "mini/m*", "--grid", "--out", str(tmp_path / "ten.png")], capsys
+    )
+    assert rc == 0, io.err
+    assert grid_figures[-1]["titles"] == [f"m{i} (n=1)" for i in range(10)] and grid_figures[-1]["shape"] == (2, 5)
+    rc, io = plot(
+        [
+            "--runs",
+            str(grid_runs),
+            "--select",
+            "mini/*",
+            "--grid",
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "t.png"),
+        ],
+        capsys,
+    )
+    assert rc == 2 and "--grid" in io.err
+
+
+def test_plot_curves_mini_panels_take_the_authors_log_as_other_data(tmp_path):
+    module = script("plot_curves")
+    assert module.history_source("table1/p4cnn") == ("rotmnist_p4cnn_history.npy", 0, "authors' released log (seed 0)")
+    file, seed, label = module.history_source("mini/fa_p4cnn")
+    assert (file, seed) == ("rotmnist_f_att_p4cnn_history.npy", 0) and "real MNIST-rot (other data)" in label
+    assert module.history_source("mini/romhog_p4cnn") is None and module.history_source("other/p4cnn") is None
+    history = np.stack([np.full(5, 0.97), np.full(5, 0.1), np.full(5, 0.99), np.full(5, 0.05)])
+    np.save(tmp_path / "rotmnist_z2cnn_history.npy", history)
+    values, label, split = module.authors_log(tmp_path, "mini/z2cnn", "accuracy", train=False)
+    assert values == pytest.approx([97.0] * 5) and split == "test" and "other data" in label
+    assert module.authors_log(tmp_path, "mini/z2cnn", "loss", train=True)[0] == pytest.approx([0.05] * 5)
+    assert module.authors_log(None, "mini/z2cnn", "accuracy", train=True) is None
+
+
+def test_plot_curves_grid_overlays_the_authors_logs(grid_runs, grid_figures, tmp_path, capsys):
+    history = np.stack([np.linspace(0.9, 0.98, 6), np.full(6, 0.1), np.linspace(0.9, 0.99, 6), np.full(6, 0.05)])
+    for file in ("rotmnist_z2cnn_history.npy", "rotmnist_p4cnn_history.npy"):
+        np.save(tmp_path / file, history)
+    out = tmp_path / "authors_grid.png"
+    argv = ["--runs", str(grid_runs), "--select", "mini/*", "--grid", "--authors-history", str(tmp_path)]
+    rc, io = plot(argv + ["--out", str(out)], capsys)
+    assert rc == 0 and out.is_file(), io.err
+    labels = grid_figures[-1]["labels"]
+    assert "authors' log, real MNIST-rot (other data), seed 0: train" in labels
+    assert "authors' log, real MNIST-rot (other data), seed 0: test" in labels
+    assert "rotmnist_att_p4cnn_history.npy not found" in io.err  # mini/a_p4cnn: warned, panel without the log
+
+
 def test_experiment_configs_have_paper_rows():
     """Every ``configs/experiment/table*/`` experiment name is a row of paper.csv (and so joins in the tables)."""
     from omegaconf import OmegaConf
