@@ -364,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from attentive_gcnn.publish import read_summary
+
     args = parse_args(argv)
     quick = args.epochs is not None
     out = (args.out or REPO / "outputs" / (f"reproduce_epochs{args.epochs}" if quick else "reproduce")).resolve()
@@ -383,9 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             if stage not in args.stages:
                 continue
             for job in jobs:
-                if job.tta and not args.dry_run and not (out / job.trained.path / "best.ckpt").is_file():
+                if job.tta and not args.dry_run and read_summary(out / job.trained.path) is None:
                     if not places.done(job):
-                        print(f"skipping {job}: no trained weights in {out / job.trained.path}", flush=True)
+                        print(f"skipping {job}: no finished training run in {out / job.trained.path}", flush=True)
                     continue
                 pool.submit(job, job.command(out, args.epochs, args.overrides, args.python))
             pool.join()

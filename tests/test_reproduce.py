@@ -185,3 +185,15 @@ def test_publishing_never_overwrites_another_run(tmp_path):
     assert json.loads((tmp_path / "pub/summary.json").read_text())["test_error"] == 5.0
     (tmp_path / "pub/summary.json").write_text("{}")  # an incomplete summary does not count as published
     assert not is_published(tmp_path / "pub")
+
+
+def test_tta_waits_for_the_training_run_to_finish(tmp_path):
+    out = tmp_path / "runs"
+    unfinished = out / "mini/z2cnn/clean/seed0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "best.ckpt").write_bytes(b"an epoch's weights, the run still going")
+    args = ["--table", "mini", "--only", "mini/z2cnn", "--seeds", "1", "--protocols", "clean", "--stages", "tta"]
+    result = reproduce(*args, "--out", str(out), "--results", str(tmp_path / "results"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipping mini/z2cnn clean seed 0 tta 4: no finished training run" in result.stdout
+    assert sorted(p.name for p in unfinished.iterdir()) == ["best.ckpt"] and not (tmp_path / "results/runs").exists()
