@@ -302,7 +302,9 @@ def run(cmd: list[str], dry_run: bool) -> None:
 # --------------------------------------------------------------------------------------------------- figures
 def figure_commands(table: str, places: Places, figures: Path, overrides: list[str], limit: int) -> list[list[str]]:
     """Curves of every table; for rot-MNIST-like tables also accuracy vs rotation angle and attention maps, from
-    the published checkpoints where there are (else the seed-0 clean runs' selected weights)."""
+    the published checkpoints where there are (else the finished seed-0 clean runs' selected weights)."""
+    from attentive_gcnn.publish import read_summary
+
     py, scripts = sys.executable, REPO / "scripts"
     runs = places.runs or places.out
     curves = ["--runs", str(runs), "--select", f"{table}/*", "--protocol", "clean", "--grid", "--ylim", *CURVES_YLIM]
@@ -314,7 +316,8 @@ def figure_commands(table: str, places: Places, figures: Path, overrides: list[s
 
     def weights(model: str) -> Path | None:
         published = places.checkpoints / table / f"{model}.ckpt" if places.checkpoints else None
-        trained = places.out / Job(f"{table}/{model}", PUBLISHED_PROTOCOL, PUBLISHED_SEED).path / "best.ckpt"
+        run_dir = places.out / Job(f"{table}/{model}", PUBLISHED_PROTOCOL, PUBLISHED_SEED).path
+        trained = run_dir / "best.ckpt" if read_summary(run_dir) is not None else None  # a finished run's only
         return next((p for p in (published, trained) if p is not None and p.is_file()), None)
 
     ckpts = [str(p) for m in ROTATION_MODELS if (p := weights(m)) is not None]

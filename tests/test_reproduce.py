@@ -197,3 +197,23 @@ def test_tta_waits_for_the_training_run_to_finish(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipping mini/z2cnn clean seed 0 tta 4: no finished training run" in result.stdout
     assert sorted(p.name for p in unfinished.iterdir()) == ["best.ckpt"] and not (tmp_path / "results/runs").exists()
+
+
+def test_figures_use_published_or_finished_weights_only(tmp_path):
+    rp = load_script()
+    places = rp.Places(tmp_path / "out", tmp_path / "results/runs", tmp_path / "results/checkpoints")
+    running = tmp_path / "out/mini/a_p4cnn/clean/seed0"
+    running.mkdir(parents=True)
+    (running / "best.ckpt").write_bytes(b"weights of an unfinished run")
+    assert [
+        c for c in rp.figure_commands("mini", places, tmp_path / "fig", [], 10) if "eval_rotations.py" in c[1]
+    ] == []
+    (running / "summary.json").write_text('{"status": "complete"}')
+    published = tmp_path / "results/checkpoints/mini/z2cnn.ckpt"
+    published.parent.mkdir(parents=True)
+    published.write_bytes(b"published weights")
+    cmds = rp.figure_commands("mini", places, tmp_path / "fig", [], 10)
+    rotations = next(c for c in cmds if "eval_rotations.py" in c[1])
+    assert str(published) in rotations and str(running / "best.ckpt") in rotations and "--tta" in rotations
+    assert any("visualize_attention.py" in c[1] and str(running / "best.ckpt") in c for c in cmds)
+    assert "--grid" in cmds[0]
