@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time a training step and an eval forward, and measure the peak memory, of some models (SPEC section 8, issue 6).
+"""Time a training step and an eval forward, and measure the peak memory, of some models (docs/performance.md).
 
     python scripts/bench.py p4cnn fa_p4cnn a_p4cnn                    # CPU, 2 threads, batch 128
     python scripts/bench.py plain_p4cnn p4cnn --batch-size 32 --device cuda
@@ -10,7 +10,8 @@
     python scripts/bench.py p4cnn fa_p4cnn --compile                  # under torch.compile
 
 Prints ``name train_ms eval_ms peak_mb params``, one line per model (``NAME failed: reason`` where one fails),
-then the ratios issue 6 sets targets for, with PASS/FAIL, where the models they compare were measured:
+then the ratios that have targets (docs/performance.md#targets), with PASS/FAIL, where the models they compare were
+measured:
 ``fa_p4cnn / p4cnn`` train time <= 1.3, ``a_p4cnn / p4cnn`` <= 3, ``p4cnn / plain_p4cnn`` <= 1.15, the peak
 memory of ``a_p4cnn`` over that of the straightforward full attention (``a_p4cnn@attention_impl=reference``)
 <= 0.25, and the peak memory of ``a_p4_allcnnc`` at batch 16 <= 2048 MiB. ``plain_p4cnn`` is P4CNN's layer

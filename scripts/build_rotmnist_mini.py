@@ -10,7 +10,7 @@ Procedure (deterministic; the zip is written with fixed timestamps, so a rebuild
    digits of one class as flattened 784 values ``round(pixel / 255, 3)``; ``round(value * 255)`` recovers the
    uint8 pixels exactly (checked);
 2. stack them in class order (10,000 digits, uint8 [N, 28, 28], row-major) and transpose each digit (MNIST-rot
-   orientation, SPEC 6.1);
+   orientation, docs/fidelity.md#rot-mnist-orientation);
 3. ``rng = np.random.default_rng(0)``; ``angles = rng.uniform(0, 360, 10000)`` degrees; rotate each digit / 255
    counter-clockwise by its angle (``attentive_gcnn.data.rotate_images``: bilinear, zeros outside, float64) and
    round back to uint8;

@@ -2,10 +2,10 @@
 """Print the parameter count of every model config: ``NAME PARAMS`` per line, or a Markdown table.
 
     python scripts/count_params.py                 # one line per model
-    python scripts/count_params.py --markdown      # table with the paper name and SPEC's figure
+    python scripts/count_params.py --markdown      # table with the paper name and the expected count
     python scripts/count_params.py p4cnn a_p4cnn   # only these
 
-Exits non-zero if a count differs from the config's expected ``params`` (SPEC section 11).
+Exits non-zero if a count differs from the config's expected ``params`` (docs/method.md#architectures).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(model_names())}")
 
     if args.markdown:
-        print("| config | paper name | dataset | group | attention | parameters | SPEC | |")
+        print("| config | paper name | dataset | group | attention | parameters | expected | |")
         print("|---|---|---|---|---|---:|---:|---|")
     mismatches = 0
     for name in names:

@@ -1,7 +1,7 @@
 """Every layer and attention module is equivariant under every element of p4 and p4m.
 
 float64 to ~1e-10 relative, float32 to ~1e-5 relative to max|y|, on sizes where strides and pooling commute
-with rotation; attention maps transform as SPEC section 4.6 says; negative controls must fail loudly.
+with rotation; attention maps transform as docs/method.md#transformation-laws says; negative controls must fail loudly.
 """
 
 import pytest

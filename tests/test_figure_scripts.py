@@ -62,7 +62,8 @@ def test_combined_map_of_p4_model_rotates_and_shifts_orientations():
     m, m_rot = combined_spatial_attention(model, x), combined_spatial_attention(model, rot(x))
     assert m.shape == (3, 1, 4, 28, 28) and m.dtype == torch.float64
     assert m.min() > 0 and m.max() < 1
-    # SPEC 2: out'[:, :, j] = rot90(out[:, :, (j - 1) mod 4]), i.e. roll the H axis by +1, then rot90
+    # docs/method.md#output-permutation-rules: out'[:, :, j] = rot90(out[:, :, (j - 1) mod 4]), i.e. roll the H axis
+    # by +1, then rot90
     assert rel_err(m_rot, rot(torch.roll(m, 1, dims=2))) < 1e-10
     # negative controls: no shift, or the opposite shift
     assert rel_err(m_rot, rot(m)) > 0.1
@@ -81,7 +82,7 @@ def test_combined_map_of_p4m_model_follows_the_d4_permutations():
     x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
     m = combined_spatial_attention(model, x)
     assert m.shape == (2, 1, 8, 28, 28)
-    # SPEC 2 table: out'[:, :, j] = T(out[:, :, perm[j]])
+    # docs/method.md#output-permutation-rules: out'[:, :, j] = T(out[:, :, perm[j]])
     rot_perm, flip_perm = [3, 0, 1, 2, 5, 6, 7, 4], [4, 5, 6, 7, 0, 1, 2, 3]
     assert rel_err(combined_spatial_attention(model, rot(x)), rot(m[:, :, rot_perm])) < 1e-10
     flipped = combined_spatial_attention(model, torch.flip(x, dims=(-2,)))

@@ -55,8 +55,8 @@ def test_planar_action_is_rot90_then_row_flip():
     assert torch.equal(P4M.act_on_plane(x, 5), torch.flip(torch.rot90(x, 1, (-2, -1)), (-2,)))
 
 
-def test_index_maps_match_spec():
-    """SPEC section 2: out'[:, :, j] = T(out[:, :, perm[j]])."""
+def test_index_maps_match_the_documented_permutations():
+    """docs/method.md#output-permutation-rules: out'[:, :, j] = T(out[:, :, perm[j]])."""
     assert P4.src(1).tolist() == [3, 0, 1, 2]
     assert P4M.src(1).tolist() == [3, 0, 1, 2, 5, 6, 7, 4]  # rot90
     assert P4M.src(4).tolist() == [4, 5, 6, 7, 0, 1, 2, 3]  # flip rows

@@ -19,7 +19,7 @@ def test_all_24_models_have_configs():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_parameter_count_equals_spec(name):
+def test_parameter_count_equals_the_expected_count(name):
     assert count_parameters(build(name)) == model_config(name).params
 
 

@@ -94,7 +94,7 @@ def test_every_model_config_composes_and_instantiates(name):
     check_options(cfg)
 
 
-def test_model_configs_pick_the_recipes_of_spec():
+def test_model_configs_pick_their_training_recipes():
     recipe = {
         n: compose_cfg(f"model={n}").training
         for n in ("z2cnn", "p4cnn", "a_p4cnn", "p4_allcnnc", "resnet44", "fa_p4m_densenet")

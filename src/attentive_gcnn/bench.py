@@ -1,4 +1,4 @@
-"""Cost of the models: a training step, an eval forward and the peak memory (SPEC section 8; issue 6).
+"""Cost of the models: a training step, an eval forward and the peak memory (``docs/performance.md``).
 
 ``scripts/bench.py`` is the command line; this module holds the measurement. Every model is measured in a fresh
 worker process (``python -m attentive_gcnn.bench --worker NAME ...``), so that the CPU peak resident memory, and a
@@ -36,7 +36,7 @@ HEADER = "name train_ms eval_ms peak_mb params"
 OPTIMIZER = "Adam(lr=1e-3)"
 
 REFERENCE_ATTENTION = "a_p4cnn@attention_impl=reference"  # the straightforward full attention, as a variant
-# (numerator, denominator, measure, target): the ratios issue 6 sets targets for; "<=" in every case.
+# (numerator, denominator, measure, target): the ratios with a target (docs/performance.md#targets); "<=" in every case.
 RATIO_TARGETS: list[tuple[str, str, str, float]] = [
     ("fa_p4cnn", "p4cnn", "train_ms", 1.3),
     ("a_p4cnn", "p4cnn", "train_ms", 3.0),
@@ -359,7 +359,10 @@ def format_line(run: Run) -> str:
 
 
 def ratio_lines(runs: list[Run], baselines: list[str]) -> list[tuple[str, str, str, str]]:
-    """The issue's target checks and the ``--baseline`` ratios: (what, value, target, verdict) rows."""
+    """The target checks (``docs/performance.md#targets``) and the ``--baseline`` ratios.
+
+    Rows of (what, value, target, verdict).
+    """
     done = {r.name: r for r in runs if r.result is not None}
     rows = []
     for num, den, key, target in RATIO_TARGETS:

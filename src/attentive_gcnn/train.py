@@ -246,7 +246,7 @@ class Run:
                 key = cfg.training.scheduler_monitor
                 self.scheduler.step(monitor[key]) if key else self.scheduler.step()
             self.epoch, self.elapsed = epoch, self.elapsed + (t2 - t0)
-            if sel_acc > self.best["accuracy"]:  # strict: ties keep the earlier epoch (SPEC 6)
+            if sel_acc > self.best["accuracy"]:  # strict: ties keep the earlier epoch, as in the authors' code
                 state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 self.best = {"epoch": epoch, "accuracy": sel_acc, "state_dict": state}
                 save_checkpoint(self.run_dir / BEST, self._payload(state_dict=state, epoch=epoch), overwrite=True)

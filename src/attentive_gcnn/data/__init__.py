@@ -1,7 +1,7 @@
 """The project's datasets: one source class per dataset, a protocol -> ``Splits``, and ``make_loader``.
 
     source = make_source(cfg.dataset.source)  # RotMNIST, RotMNISTFromMNIST, RotMNISTMini, CIFAR10 or PCam
-    splits = source.splits("clean")           # or "original" (SPEC 6.4)
+    splits = source.splits("clean")           # or "original" (docs/method.md#protocols)
     loader = make_loader(splits.train, batch_size=128, shuffle=True, seed=seed)
 
 Every dataset yields ``(x float32 [C, H, W], y int)`` per item and ``(x [B, C, H, W], y int64 [B])`` from

@@ -1,9 +1,10 @@
 """CIFAR-10 and CIFAR-10+ from torchvision's on-disk format ``root/cifar-10-batches-py``, read without torchvision.
 
 Images are kept as uint8 ``[N, 3, 32, 32]``; each batch is scaled to [0, 1] and normalised with the ImageNet
-mean/std (SPEC 6.2). CIFAR-10+ (``augment=True``, train split only): random horizontal flip, then a random 32x32
-crop of the image zero-padded by 4 pixels, both on the uint8 batch before normalisation (as torchvision's
-RandomHorizontalFlip, RandomCrop(32, padding=4), ToTensor, Normalize would), vectorised over the batch.
+mean/std (``docs/method.md#cifar-10-data``). CIFAR-10+ (``augment=True``, train split only): random horizontal
+flip, then a random 32x32 crop of the image zero-padded by 4 pixels, both on the uint8 batch before normalisation
+(as torchvision's RandomHorizontalFlip, RandomCrop(32, padding=4), ToTensor, Normalize would), vectorised over the
+batch.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``root/camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``: dataset ``x`` uint8 [N, 96, 96, 3] and ``y``
 uint8 [N, 1, 1, 1] (0 = no tumour, 1 = tumour). Batches are scaled to [0, 1] and normalised with the mean/std of
-SPEC 6.3. Both protocols fit on train, select on valid and report test.
+the authors' code (``docs/method.md#pcam-data``). Both protocols fit on train, select on valid and report test.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ raw files, and the small embedded one shipped with the package.
 
 Images are ``[N, 1, 28, 28]`` in [0, 1] (float32, or uint8 / 255 for the embedded set), in MNIST-rot's
 orientation: a row of the ``.amat`` file read row-major, which is the transpose of standard MNIST. Normalisation
-(SPEC 6.1): the global scalar mean and std (ddof 0) of all pixels of the set being fitted (``splits.train``),
-computed in float64 and rounded to float32; the select and test sets use the same values. Under ``original``
-that is train_all (12,000 images), as in the authors' code; under ``clean`` it is the 10,000-image train split.
+(``docs/method.md#rot-mnist-data``): the global scalar mean and std (ddof 0) of all pixels of the set being
+fitted (``splits.train``), computed in float64 and rounded to float32; the select and test sets use the same
+values. Under ``original`` that is train_all (12,000 images), as in the authors' code; under ``clean`` it is the
+10,000-image train split.
 """
 
 from __future__ import annotations

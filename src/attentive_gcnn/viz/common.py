@@ -44,7 +44,7 @@ def load_split(
     data_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
 ) -> SplitData:
-    """``split`` (train, valid or test) of the clean protocol (SPEC 6.4) of dataset config ``dataset``.
+    """``split`` (train, valid or test) of the clean protocol (docs/method.md#protocols) of dataset config ``dataset``.
 
     ``data_dir`` sets ``paths.data_dir`` (default: the trainer's, ``$AGCNN_DATA_DIR`` or ``./data``);
     ``overrides`` are further Hydra overrides (e.g. ``dataset.source.sizes={train:30,test:8}``). Missing or

@@ -1,7 +1,8 @@
 """Pieces of the lean full attention: the same function as the reference, without the full ``ft`` tensor.
 
 With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci, n_in, X', Y']``) and
-``g = a_C * ft``, every ingredient of the layer is either linear in ``ft`` or a maximum of it (SPEC section 8):
+``g = a_C * ft``, every ingredient of the layer is either linear in ``ft`` or a maximum of it
+(``docs/performance.md#what-the-lean-computation-exploits``):
 
 - ``mean_xy ft`` is the bank applied to the mean of each filter tap's input window (:func:`window_means`);
 - ``sum_c g`` is a convolution with per-sample weights ``a_C * bank`` (:func:`modulated_conv`), and
