@@ -466,21 +466,42 @@ def write_tables(runs: list[Run], paper: dict[str, dict], out: Path, context: di
 BLOCK = re.compile(r"(<!-- begin: (?P<file>\S+) -->\n)(?P<body>.*?)(<!-- end: (?P=file) -->)", re.DOTALL)
 
 
-def table_body(text: str) -> str:
-    """The part of a table's Markdown shown in the README: from the table's first row to the end."""
+def table_body(text: str, section: str = "") -> str:
+    """The part of a table's Markdown shown in the README: from the table's first row to the end, or with
+    ``section`` (a heading's anchor, e.g. ``test-error-at-the-selected-epoch``) that section's rows only."""
     lines = text.splitlines(keepends=True)
+    if section:
+        start = next((i + 1 for i, line in enumerate(lines) if line.startswith("#") and anchor(line) == section), None)
+        if start is None:
+            return ""
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("#")), len(lines))
+        lines = lines[start:end]
+        while lines and not lines[-1].strip():
+            lines.pop()
     first = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
     return "".join(lines[first:])
 
 
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading line: lower case, spaces to hyphens, punctuation dropped."""
+    text = heading.lstrip("#").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
 def update_readme(readme: Path, written: list[Path]) -> bool:
-    """Refresh the README's blocks ``<!-- begin: results/tables/X.md -->`` ... ``<!-- end: ... -->`` with the
-    tables just written (other blocks are left alone); True if the README changed."""
-    bodies = {shown(path): table_body(path.read_text(encoding="utf-8")) for path in written if path.suffix == ".md"}
+    """Refresh the README's blocks ``<!-- begin: results/tables/X.md -->`` ... ``<!-- end: ... -->`` (or
+    ``X.md#section``: that section only) with the tables just written (other blocks are left alone); True if the
+    README changed."""
+    texts = {shown(path): path.read_text(encoding="utf-8") for path in written if path.suffix == ".md"}
     text = readme.read_text(encoding="utf-8")
 
     def fill(match: re.Match) -> str:
-        body = bodies.get(match["file"], match["body"])
+        file, _, section = match["file"].partition("#")
+        if file not in texts:
+            return match.group(0)
+        body = table_body(texts[file], section)
+        if not body:
+            raise ResultsError(f"{readme}: {file} has no section #{section}")
         return match.group(1) + body + match.group(4)
 
     new = BLOCK.sub(fill, text)

@@ -203,6 +203,16 @@ def test_make_tables_refreshes_the_readme_blocks_only(runs_dir, tmp_path, capsys
     assert other in text  # a block whose table was not written is left alone
     assert make_tables(["--runs", str(runs_dir), "--out", str(out), "--readme", str(readme)], capsys)[0] == 0
     assert readme.read_text() == text
+    section = f"{shown(out / 'table1_comparison.md')}#test-error-at-the-last-epoch"
+    readme.write_text(f"<!-- begin: {section} -->\n<!-- end: {section} -->\n")
+    assert make_tables(["--runs", str(runs_dir), "--out", str(out), "--readme", str(readme)], capsys)[0] == 0
+    body = readme.read_text().splitlines()[1:-1]
+    assert body[0].startswith("| model | baseline") and all(line.startswith("|") for line in body)
+    comparison = (out / "table1_comparison.md").read_text()
+    assert "\n".join(body) in comparison[comparison.index("## Test error at the last epoch") :]
+    readme.write_text("<!-- begin: x.md#nope -->\n<!-- end: x.md#nope -->\n".replace("x.md", shown(out / "table1.md")))
+    rc, io = make_tables(["--runs", str(runs_dir), "--out", str(out), "--readme", str(readme)], capsys)
+    assert rc == 2 and "no section #nope" in io.err
 
 
 def test_make_tables_is_idempotent(runs_dir, tmp_path, capsys):
