@@ -27,7 +27,7 @@ $(BIN)/python:
 install: $(BIN)/python ## Create .venv, install the pinned requirements and the package (editable), build the CPU kernels
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -m attentive_gcnn.kernels
+	$(BIN)/python -m attentive_gcnn.accel
 
 train: ## Train the default job (P4CNN on the embedded rotmnist_mini, CPU); ARGS="key=value ..." overrides
 	$(BIN)/python -m attentive_gcnn.train $(ARGS)

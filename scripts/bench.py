@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 
-from attentive_gcnn.bench import main
+from attentive_gcnn.benchmark.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="scripts/bench.py", description=__doc__))

@@ -130,7 +130,7 @@ def parse_args(argv):
 
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
-    from attentive_gcnn.train import pick_device
+    from attentive_gcnn.training.device import pick_device
 
     args = parse_args(argv)
     try:

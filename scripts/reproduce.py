@@ -155,8 +155,8 @@ def check_data(names: list[str], overrides: list[str]) -> None:
     """Compose each experiment and open its dataset source: a DataError says what is missing and how to get it."""
     from hydra import compose, initialize_config_dir
 
+    from attentive_gcnn.config_dir import CONFIG_DIR
     from attentive_gcnn.data import DataError, make_source
-    from attentive_gcnn.models.registry import CONFIG_DIR
 
     checked = {}
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from attentive_gcnn import allocator
+from attentive_gcnn.accel import allocator
 
 # in a fresh process: apply the setting, then free a 24 MiB block at the heap's top and see how much of it the
 # process gives back to the system (glibc's default: all of it, as its own mapping; kept: none)
 PROBE = """
 import ctypes, os
-from attentive_gcnn import allocator
+from attentive_gcnn.accel import allocator
 applied = allocator.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

@@ -1,19 +1,23 @@
-"""The fused CPU kernels (:mod:`attentive_gcnn.kernels`) of alpha-F attention compute what the torch-op passes
-compute, those of the full attention what their torch-op counterparts in :mod:`attentive_gcnn.nn.attention.lean`
-compute, and :func:`small_conv2d` what ``F.conv2d`` computes, gradients included."""
+"""The native CPU kernels (:mod:`attentive_gcnn.accel.native`) of alpha-F attention compute what the torch-op passes
+compute, those of the full attention what their torch-op counterparts in :mod:`attentive_gcnn.accel.full` compute,
+and :func:`small_conv2d` what ``F.conv2d`` computes, gradients included; the native kernels apply where the one rule
+says, and building them leaves the process as it was."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attentive_gcnn import kernels
-from attentive_gcnn.nn.attention import feature_lean, lean
-from attentive_gcnn.nn.attention.feature_lean import TorchPasses, passes_for
-from attentive_gcnn.nn.small_conv import small_conv2d
+from attentive_gcnn.accel import feature as feature_lean
+from attentive_gcnn.accel import full as lean
+from attentive_gcnn.accel import native as kernels
+from attentive_gcnn.accel.feature import TorchPasses, passes_for
+from attentive_gcnn.accel.small_conv import small_conv2d
 from tests.conftest import DTYPES, RTOL, rel_err
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernels")
@@ -21,7 +25,7 @@ needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ 
 
 @pytest.fixture
 def native():
-    module = kernels.cpu_kernels()
+    module = kernels.cpu_kernels("feature_attend")
     assert module is not None, "a C++ compiler is present, so the kernels must build"
     return module
 
@@ -97,10 +101,10 @@ def test_native_maxima_propagate_nan_like_torch(native):
 
 @needs_compiler
 def test_passes_are_native_for_float_cpu_tensors_and_can_be_switched_off(monkeypatch):
-    assert passes_for(torch.zeros(1, 1, 1, 1)) is kernels.cpu_kernels() is not None
+    assert passes_for(torch.zeros(1, 1, 1, 1)) is kernels.cpu_kernels("feature_attend") is not None
     assert isinstance(passes_for(torch.zeros(1, 1, 1, 1, dtype=torch.float16)), TorchPasses)
     monkeypatch.setenv(kernels.ENV, "0")
-    assert kernels.cpu_kernels() is None
+    assert kernels.cpu_kernels("feature_attend") is None
     assert isinstance(passes_for(torch.zeros(1, 1, 1, 1)), TorchPasses)
 
 
@@ -112,9 +116,55 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
 
     monkeypatch.setattr(kernels, "build", broken)
     with pytest.warns(UserWarning, match="compiler exploded"):
-        assert kernels.cpu_kernels() is None
-    assert kernels.cpu_kernels() is None  # remembered: no second warning, no second build
+        assert kernels.cpu_kernels("feature_attend") is None
+    assert kernels.cpu_kernels("feature_attend") is None  # remembered: no second warning, no second build
     assert isinstance(feature_lean.passes_for(torch.zeros(1, 1, 1, 1)), TorchPasses)
+
+
+def test_one_rule_decides_where_the_native_kernels_run(monkeypatch):
+    """float32/float64 CPU tensors, not while torch.compile traces, not with ATTENTIVE_GCNN_NATIVE=0, and built."""
+    built = object()
+    monkeypatch.setattr(kernels, "_loaded", {"full_attend": built, "feature_attend": None})
+    for dtype in (torch.float32, torch.float64):
+        assert kernels.native_kernels(torch.zeros(1, dtype=dtype), "full_attend") is built
+    assert kernels.native_kernels(torch.zeros(1, dtype=torch.float16), "full_attend") is None
+    assert kernels.native_kernels(torch.zeros(1, device="meta"), "full_attend") is None
+    assert kernels.native_kernels(torch.zeros(1), "feature_attend") is None  # not built
+    with monkeypatch.context() as m:
+        m.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert kernels.native_kernels(torch.zeros(1), "full_attend") is None
+    monkeypatch.setenv(kernels.ENV, "0")
+    assert kernels.native_kernels(torch.zeros(1), "full_attend") is None
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["built", "failed"])
+def test_a_build_leaves_the_process_as_it_was(fails, monkeypatch):
+    """The build puts the environment's bin/ on PATH and quietens torch's extension logger only while it runs."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    seen = {}
+
+    def load(**kw):
+        seen.update(path=os.environ["PATH"], level=logger.level, sources=kw["sources"])
+        if fails:
+            raise RuntimeError("compiler exploded")
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    monkeypatch.setattr(kernels.shutil, "which", lambda cxx: "/usr/bin/c++")
+    if fails:
+        with pytest.raises(RuntimeError, match="compiler exploded"):
+            kernels.build("full_attend")
+    else:
+        assert kernels.build("full_attend") == "module"
+    assert seen["path"].split(os.pathsep)[-1] == "/usr/bin" and seen["level"] == logging.ERROR
+    assert [Path(s).name for s in seen["sources"]] == [p.name for p in kernels.SOURCES["full_attend"]]
+    assert os.environ["PATH"] == "/usr/bin" and logger.level == logging.INFO
 
 
 @pytest.mark.parametrize(
@@ -177,7 +227,7 @@ def test_native_spatial_attention_equals_torch(full_native, dtype, case, with_pl
     leaves = [t for t in (summed, maximum, bank, plain) if t is not None]
     scale = 1.5 if with_plain else 1.0  # the layer's Haar factor, applied by the kernel
     got, got_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain, scale)
-    monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
+    monkeypatch.setenv(kernels.ENV, "0")  # the torch-op path
     want, want_a = lean.spatial_attention_sum(summed, maximum, bank, d, plain, scale)
     same(got, want, dtype)
     same(got_a, want_a, dtype)
@@ -212,7 +262,7 @@ def conv_case(case, dtype):
     xin = torch.randn(b, ci * n_in, y, x, dtype=dtype).relu()  # ties at zero: the first arg-max wins in both
     bank = torch.randn(co, h, ci, n_in, k, k, dtype=dtype)
     a = torch.rand(b, co, h, ci, n_in, dtype=dtype)
-    return xin, bank, a, (stride, padding, dilation)
+    return xin, bank, a, dict(stride=stride, padding=padding, dilation=dilation)
 
 
 @needs_compiler
@@ -220,15 +270,17 @@ def conv_case(case, dtype):
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_native_arg_maxes_equal_torch(full_native, dtype, case):
     xin, bank, a, conv = conv_case(case, dtype)
-    ft = responses(xin, bank, *conv)
+    ft = responses(xin, bank, **conv)
     values, positions = ft.flatten(-2).max(dim=-1)
-    got_values, got_positions = full_native.spatial_argmax(xin, bank, *conv)
+    got_values, got_positions = full_native.spatial_argmax(xin, bank, **conv)
     same(got_values, values, dtype)
     assert torch.equal(got_positions.long(), positions)
     for weights in (a, None):
         g = ft if weights is None else ft * weights[..., None, None]
         channel = g.max(dim=3).indices  # [B, Co, |H|, L, Y', X']
-        got_channel, got_sum, got_max, got_plain = full_native.channel_argmax(xin, bank, weights, *conv, True)
+        got_channel, got_sum, got_max, got_plain = full_native.channel_argmax(
+            xin, bank, weights, **conv, with_plain=True
+        )
         same(got_plain, ft.sum(dim=(3, 4)), dtype)  # the plain conv, whatever the weights
         assert got_channel.dtype == (torch.uint8 if xin.shape[1] // bank.shape[3] <= 256 else torch.int32)
         assert torch.equal(got_channel.long().permute(0, 2, 3, 1, 4, 5), channel)
@@ -242,8 +294,8 @@ def test_native_arg_maxes_equal_torch(full_native, dtype, case):
 def test_native_spatial_max_equals_responses_at(full_native, dtype, case):
     """max_xy ft with the fused backward = recomputed from its windows (torch ops), values and gradients."""
     xin, bank, _, conv = conv_case(case, dtype)
-    geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    found = lean.native_spatial_argmax(full_native, xin, bank, geo)
+    geo = lean.ConvGeometry.of(xin, bank.shape[-1], **conv)
+    found = lean.native_spatial_argmax(xin, bank, geo)
     leaves = [t.requires_grad_() for t in (xin, bank)]
     got = lean.spatial_maxima(xin, bank, found.spatial, found.spatial_max, geo)
     want = lean.responses_at(xin, bank, found.spatial, geo)
@@ -261,9 +313,9 @@ def test_native_selected_responses_equal_torch(full_native, dtype, case, with_a)
     """max_c a * ft from the winning channel's window (fused kernels) = from the stored winner (torch ops)."""
     xin, bank, a, conv = conv_case(case, dtype)
     a = a if with_a else None
-    geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
-    channel, _, maximum, _ = full_native.channel_argmax(xin, bank, a, *conv, False)
-    ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
+    geo = lean.ConvGeometry.of(xin, bank.shape[-1], **conv)
+    channel, _, maximum, _ = full_native.channel_argmax(xin, bank, a, **conv, with_plain=False)
+    ft = responses(xin, bank, **conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
     winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
     leaves = [t.requires_grad_() for t in (xin, bank, *([a] if with_a else []))]
     got = lean.NativeSelectedResponses.apply(xin, bank, a, channel, None, geo)
@@ -298,15 +350,15 @@ def test_native_attend_equals_torch(full_native, dtype, case, with_a, with_plain
     co, h, ci, n_in, _, _ = bank.shape
     single = ci * n_in == 1
     bank_x = torch.randn(n_in * co * h, 1 if single else 2, 5, 5, dtype=dtype) / 5
-    geo = lean.ConvGeometry.of(xin, bank.shape[-1], *conv)
+    geo = lean.ConvGeometry.of(xin, bank.shape[-1], **conv)
     scale = 1.5 if with_plain else 1.0
     leaves = {"x": xin, "w": bank, "a": a, "w_x": bank_x}
     leaves = [t.requires_grad_() for k, t in leaves.items() if need in ("all", k) and t is not None]
     got, got_a = lean.native_attend(xin, bank, a, bank_x, geo, 2, with_plain, single, scale)
-    channel, *_ = full_native.channel_argmax(xin, bank, a, *conv, False)
-    ft = responses(xin, bank, *conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
+    channel, *_ = full_native.channel_argmax(xin, bank, a, **conv, with_plain=False)
+    ft = responses(xin, bank, **conv).permute(0, 4, 1, 2, 3, 5, 6)  # [B, L, Co, |H|, Ci, Y', X']
     winner = ft.gather(4, channel.long().unsqueeze(4)).squeeze(4)
-    monkeypatch.setattr(lean, "native_kernels", lambda t: None)  # the torch-op path
+    monkeypatch.setenv(kernels.ENV, "0")  # the torch-op path
     summed = lean.modulated_conv(xin, bank, a, geo, sum_orientations=False)
     maximum = None if single else lean.SelectedResponses.apply(xin, bank, a, channel, winner, geo)
     plain = lean.modulated_conv(xin, bank, None, geo, sum_orientations=True) if with_plain else None

@@ -1,5 +1,5 @@
-"""The lean attention (``impl="lean"``: :mod:`attentive_gcnn.nn.attention.lean` for the full attention,
-:mod:`attentive_gcnn.nn.attention.feature_lean` for alpha-F) computes the same function as the straightforward
+"""The lean attention (``impl="lean"``: :mod:`attentive_gcnn.accel.full` for the full attention,
+:mod:`attentive_gcnn.accel.feature` for alpha-F) computes the same function as the straightforward
 reference, keeps the same maps, and (full attention) holds far less memory for backward."""
 
 from __future__ import annotations
@@ -10,10 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attentive_gcnn.accel import feature as feature_lean
+from attentive_gcnn.accel import full as lean
+from attentive_gcnn.accel.full import PlanewiseConv
+from attentive_gcnn.accel.native import ENV
+from attentive_gcnn.accel.small_conv import small_conv2d
 from attentive_gcnn.models import build
 from attentive_gcnn.nn import AttGConv, FAttGConv
-from attentive_gcnn.nn.attention import attention_maps, feature, feature_lean, lean
-from attentive_gcnn.nn.attention.lean import PlanewiseConv
+from attentive_gcnn.nn.attention import attention_maps
+from attentive_gcnn.nn.attention.combine import attend
+from attentive_gcnn.nn.attention.full import full_attention
 from tests.conftest import GROUPS, rel_err
 
 VARIANTS = [
@@ -39,7 +45,7 @@ def twins(group, lifting: bool, ci: int, co: int, **kw) -> tuple[AttGConv, AttGC
 def full_passes(request, monkeypatch):
     """The full attention's lean path with its fused CPU kernels (where built) and as torch ops (as on a GPU)."""
     if request.param == "torch":
-        monkeypatch.setattr(lean, "native_kernels", lambda t: None)
+        monkeypatch.setenv(ENV, "0")
     return request.param
 
 
@@ -115,7 +121,7 @@ FEATURE_VARIANTS = [*VARIANTS, pytest.param(dict(spatial_dilation=2), id="dilate
 @pytest.mark.parametrize("passes", ["native", "torch"])
 def test_lean_alpha_f_equals_reference_in_values_gradients_and_maps(group, lifting, variant, passes, monkeypatch):
     if passes == "torch":  # the torch-op passes, as on a GPU or without a compiler
-        monkeypatch.setattr(feature_lean, "passes_for", lambda x: feature_lean.TorchPasses())
+        monkeypatch.setenv(ENV, "0")
     ref = FAttGConv(group, 3, 4, 3, lifting=lifting, ratio=1, padding=1, impl="reference", **variant).double()
     lean = copy.deepcopy(ref)
     lean.impl = "lean"
@@ -141,7 +147,7 @@ def test_alpha_f_models_select_the_implementation(monkeypatch):
     def refuse(*args):
         raise AssertionError("RomHog's 1x1 spatial attention over all channels has no lean path")
 
-    monkeypatch.setattr(feature, "lean_feature_attend", refuse)
+    monkeypatch.setattr(feature_lean, "lean_feature_attend", refuse)
     romhog = build("romhog_p4cnn")
     assert romhog(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="impl"):
@@ -154,6 +160,21 @@ def test_lean_is_the_default_and_models_select_the_reference():
     assert {m.impl for m in model.modules() if isinstance(m, AttGConv)} == {"reference"}
     with pytest.raises(ValueError, match="impl"):
         AttGConv("p4", 2, 2, 3, lifting=False, impl="fast")
+
+
+def test_layers_run_the_computation_their_impl_chose():
+    """The reference is nn's own function; the lean one comes from accel, chosen when the layer is built (or its
+    impl is set), never in forward."""
+    full = AttGConv("p4", 2, 2, 3, lifting=False, impl="reference")
+    assert full._compute is full_attention
+    full.impl = "lean"
+    assert full._compute is lean.lean_full_attention
+    alpha_f = FAttGConv("p4", 2, 2, 3, lifting=False)
+    assert alpha_f._attend is feature_lean.lean_feature_attend
+    assert alpha_f.conv2d is alpha_f.spatial_attention.conv2d is small_conv2d
+    alpha_f.impl = "reference"
+    assert alpha_f._attend is attend
+    assert alpha_f.conv2d is alpha_f.spatial_attention.conv2d is F.conv2d
 
 
 def test_a_p4cnn_lean_equals_reference_end_to_end():

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from attentive_gcnn.checkpoint import load_model_checkpoint
-from attentive_gcnn.models.registry import CONFIG_DIR
+from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.publish import SUMS, check_sums
 from attentive_gcnn.train import evaluate
 from attentive_gcnn.viz.common import load_split

@@ -15,14 +15,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from attentive_gcnn import train as train_module
 from attentive_gcnn.checkpoint import load_checkpoint
+from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.data import make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models import build, build_from_config, model_config, model_names
-from attentive_gcnn.models.registry import CONFIG_DIR
-from attentive_gcnn.train import check_options, compiled, evaluate, train
-from attentive_gcnn.trainer import Trainer
+from attentive_gcnn.train import check_options, evaluate, train
+from attentive_gcnn.training import device as device_module
+from attentive_gcnn.training.device import compiled
+from attentive_gcnn.training.loop import Trainer
 from tests.conftest import authors_release_dir, needs_authors_release
 from tests.data_fixtures import write_cifar10, write_mnist_raw, write_pcam, write_rotmnist_npz
 
@@ -405,7 +406,7 @@ def test_compile_is_opt_in_and_needs_a_compiler_on_cpu(monkeypatch):
     model = build("p4cnn")
     assert compiled(model, False, torch.device("cpu")) is model
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(device_module.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         compiled(model, True, torch.device("cpu"))
 

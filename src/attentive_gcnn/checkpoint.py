@@ -16,7 +16,7 @@ from torch import nn
 
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.models.registry import build_from_config, model_config
-from attentive_gcnn.runlog import atomic_path
+from attentive_gcnn.training.runlog import atomic_path
 
 FORMAT = "attentive_gcnn/1"
 

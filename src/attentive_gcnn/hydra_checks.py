@@ -9,16 +9,17 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from attentive_gcnn.runlog import ensure_writable
+from attentive_gcnn.errors import ConfigError
+from attentive_gcnn.training.rundir import ensure_writable
 
 
 def check_writable(path: str | Path, key: str) -> None:
     """Create ``path`` if needed and write a probe file into it; otherwise print why and exit with status 2
     (Hydra turns exceptions raised in callbacks into warnings, so this exits itself)."""
     try:
-        ensure_writable(path)
-    except OSError as e:
-        print(f"error: cannot write to the output directory {path} ({e.strerror}); set {key}=...", file=sys.stderr)
+        ensure_writable(path, what="output directory", setting=f"{key}=...")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

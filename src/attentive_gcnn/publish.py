@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from attentive_gcnn.errors import UserError
-from attentive_gcnn.runlog import atomic_path, write_atomic
+from attentive_gcnn.training.runlog import atomic_path, write_atomic
 
 SUMMARY = "summary.json"
 # (file in the run directory, name in the published directory); the summary is written last

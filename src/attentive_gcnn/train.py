@@ -4,40 +4,44 @@ Hydra composes ``configs/train.yaml`` (groups ``paths``, ``dataset``, ``training
 ``experiment``), the model picks its training recipe, and :func:`run` fits it under the chosen protocol. Each run
 directory receives ``metrics.csv``, ``summary.json``, ``last.ckpt`` (every epoch), ``best.ckpt`` and ``train.log``.
 Anything the user must fix is reported as one ``error:`` line and exit status 2, before training starts
-wherever it can be known then.
+wherever it can be known then. This module holds the entrypoint, the option checks and the run's orchestration;
+what it shares with the other modules (device, checks, seeds, loops, run files, summary) is in
+:mod:`attentive_gcnn.training`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attentive_gcnn.allocator import keep_freed_memory
+from attentive_gcnn.accel.allocator import keep_freed_memory
 from attentive_gcnn.checkpoint import load_checkpoint, load_model_checkpoint, save_checkpoint
+from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models.kit import count_parameters
-from attentive_gcnn.models.registry import CONFIG_DIR, build_from_config, model_config, model_names
+from attentive_gcnn.models.registry import build_from_config
 from attentive_gcnn.rotations import RotationTTA
-from attentive_gcnn.runlog import MetricsCSV, ensure_writable, provenance, write_json
-from attentive_gcnn.trainer import Trainer
+from attentive_gcnn.training.checks import check_fits
+from attentive_gcnn.training.device import compiled, pick_device
+from attentive_gcnn.training.loop import Trainer
+from attentive_gcnn.training.rundir import BEST, LAST, METRICS, SUMMARY, prepare_run_dir
+from attentive_gcnn.training.runlog import MetricsCSV
+from attentive_gcnn.training.seeding import epoch_seed, seed_everything
+from attentive_gcnn.training.summary import error_percent, run_summary, write_summary
 
 log = logging.getLogger("attentive_gcnn.train")
 
 PROTOCOLS = ("clean", "original")
-LAST, BEST, SUMMARY, METRICS = "last.ckpt", "best.ckpt", "summary.json", "metrics.csv"
 
 
 # ----------------------------------------------------------------------------------------------- set-up checks
@@ -74,76 +78,9 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def compiled(model: torch.nn.Module, compile: bool, device: torch.device) -> torch.nn.Module:
-    """``torch.compile(model)`` where ``compile`` (the module to call; checkpoints keep ``model`` itself).
-
-    On a CPU the compiled kernels are C++, so a C++ compiler must be on the PATH (or in ``$CXX``).
-    """
-    if not compile:
-        return model
-    if device.type == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
-        raise ConfigError("compile=true on a CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX)")
-    return torch.compile(model)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else the CPU; otherwise a torch device string that must be available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device={name} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here (use device=auto or device=cpu)")
-    return device
-
-
-def check_fits(model: torch.nn.Module, model_name: str, source, dataset: DictConfig) -> None:
-    """The model's input shape and number of classes must be the dataset's (``dataset``: its config node)."""
-    want = (tuple(model.input_shape), model.num_classes)
-    have = (tuple(source.input_shape), source.num_classes)
-    if want != have:
-        fitting = [n for n in model_names() if model_config(n).dataset == dataset.get("family")]
-        hint = f"; models for this dataset: {', '.join(fitting)}" if fitting else ""
-        raise ConfigError(
-            f"model {model_name} takes {'x'.join(map(str, want[0]))} inputs with {want[1]} classes, but dataset "
-            f"{dataset.name} gives {'x'.join(map(str, have[0]))} with {have[1]} classes{hint}"
-        )
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, restart_ok: bool = False) -> None:
-    """The run directory must be writable, and must not hold another run unless it is being resumed (or, with
-    ``restart_ok``, it holds the leftovers of a run killed before its first checkpoint)."""
-    try:
-        ensure_writable(run_dir)
-    except OSError as e:
-        raise ConfigError(f"cannot write to the run directory {run_dir} ({e.strerror}); set hydra.run.dir") from None
-    holds_run = any((run_dir / name).exists() for name in (LAST, METRICS, SUMMARY))
-    if holds_run and not resume and not restart_ok:
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass resume=true to continue it, or choose another hydra.run.dir"
-        )
-    if resume and not (run_dir / LAST).exists():
-        raise ConfigError(f"resume=true but {run_dir / LAST} does not exist; set hydra.run.dir to the run to resume")
-
-
 def show_progress(setting) -> bool:
     """``progress``: auto (a bar only on a terminal), true or false."""
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator is what third-party code draws from)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch (shuffling, augmentation, workers): a function of the run seed and the epoch only,
-    so that a resumed run draws exactly what an uninterrupted one would."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------------------------------- the run
@@ -291,9 +228,7 @@ class Run:
             dict(epoch=self.epoch, split="test_last", loss=last_loss, accuracy=last_acc, lr=lr, time_s=t1 - t0),
             dict(epoch=self.best["epoch"], split="test_best", loss=test_loss, accuracy=test_acc, lr=lr, time_s=t2 - t1),
         )
-        summary = {
-            "status": "complete",
-            "mode": "train",
+        about = {
             "name": cfg.name,
             "model": cfg.model.name,
             "paper_name": cfg.model.get("paper_name"),
@@ -304,21 +239,19 @@ class Run:
             "best_epoch": self.best["epoch"],
             "select_split": splits.select_name,
             "best_select_accuracy": self.best["accuracy"],
-            "test_accuracy": test_acc,
-            "test_error": 100 * (1 - test_acc),
-            "test_loss": test_loss,
+        }
+        details = {
             "last_test_accuracy": last_acc,
-            "last_test_error": 100 * (1 - last_acc),
+            "last_test_error": error_percent(last_acc),
             "params": count_parameters(self.model),
             "train_size": len(splits.train),
             "select_size": len(splits.select),
             "test_size": len(splits.test),
-            "normalization": splits.normalization,
-            "wall_time_s": self.elapsed,
-            **provenance(self.device),
-            "config": self.config,
         }
-        write_json(self.run_dir / SUMMARY, summary)
+        summary = run_summary(
+            "train", about, test_loss, test_acc, details, splits.normalization, self.elapsed, self.device, self.config
+        )
+        write_summary(self.run_dir, summary)
         return summary
 
 
@@ -398,9 +331,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         make_loader(splits.test, cfg.training.eval_batch_size, shuffle=False, seed=0, num_workers=cfg.num_workers),
         desc=f"test (TTA {tta})" if tta else "test",
     )
-    summary = {
-        "status": "complete",
-        "mode": "eval",
+    about = {
         "checkpoint": str(path.resolve()),
         "name": cfg.name,
         "model": ckpt["model"],
@@ -408,17 +339,11 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "protocol": cfg.protocol,
         "seed": cfg.seed,
         "tta": tta,
-        "test_accuracy": acc,
-        "test_error": 100 * (1 - acc),
-        "test_loss": loss,
-        "test_size": len(splits.test),
-        "params": count_parameters(model),
-        "normalization": splits.normalization,
-        "wall_time_s": time.perf_counter() - t0,
-        **provenance(device),
-        "config": resolved(cfg),
     }
-    write_json(run_dir / SUMMARY, summary)
+    details = {"test_size": len(splits.test), "params": count_parameters(model)}
+    wall_time_s = time.perf_counter() - t0
+    summary = run_summary("eval", about, loss, acc, details, splits.normalization, wall_time_s, device, resolved(cfg))
+    write_summary(run_dir, summary)
     return summary
 
 
@@ -426,7 +351,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entrypoint; returns the test error (%) so that sweeps can read it."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    keep_freed_memory()  # fewer page faults per step on the CPU (attentive_gcnn.allocator)
+    keep_freed_memory()  # fewer page faults per step on the CPU (attentive_gcnn.accel.allocator)
     try:
         check_options(cfg)
         summary = evaluate(cfg, run_dir) if cfg.eval_only else train(cfg, run_dir)

@@ -37,8 +37,8 @@ class LayerKit:
         haar: apply the Haar factors of the authors' code (``haar=code_exact``); False drops them.
         combine: how attention weights its input (see :func:`attentive_gcnn.nn.attend`).
         attention_impl: how attention is computed: ``lean`` (full attention without all intermediate responses
-            at once, :mod:`attentive_gcnn.nn.attention.lean`; alpha-F as one autograd node,
-            :mod:`attentive_gcnn.nn.attention.feature_lean`) or ``reference`` (op by op); the same function.
+            at once, :mod:`attentive_gcnn.accel.full`; alpha-F as one autograd node,
+            :mod:`attentive_gcnn.accel.feature`) or ``reference`` (op by op); the same function.
     """
 
     group: str | Group = "p4"

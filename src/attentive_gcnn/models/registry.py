@@ -6,14 +6,13 @@ A model config is in Hydra's global package: its defaults list picks the model's
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+from attentive_gcnn.config_dir import CONFIG_DIR
+
 MODEL_DIR = CONFIG_DIR / "model"
 
 

@@ -94,11 +94,16 @@ class GConv(nn.Module):
         """The weight as ``[Co, Ci, in_order, k, k]``."""
         return self.weight.view(self.out_channels, self.in_channels, self.in_order, *self.weight.shape[-2:])
 
+    def transformed_weight(self) -> Tensor:
+        """All transformed filters ``L_{h_j} W``: ``[Co, |H|, Ci, in_order, k, k]``, ``out[:, j] = L_{h_j} W``."""
+        return transformed_filters(self.weight5d, self.group, self.index)
+
     def filter_bank(self) -> Tensor:
         """The expanded conv2d weight ``[Co*|H|, Ci*in_order, k, k]`` (o-major), scale not included."""
-        bank = transformed_filters(self.weight5d, self.group, self.index)
         k = self.kernel_size
-        return bank.reshape(self.out_channels * self.group.order, self.in_channels * self.in_order, k, k)
+        return self.transformed_weight().reshape(
+            self.out_channels * self.group.order, self.in_channels * self.in_order, k, k
+        )
 
     def fold_input(self, x: Tensor) -> Tensor:
         """``[B, Ci, X, Y]`` (lifting) or ``[B, Ci, |H|, X, Y]`` -> ``[B, Ci*in_order, X, Y]``, checking shapes."""
@@ -122,7 +127,12 @@ class GConv(nn.Module):
 
 
 class LiftingConv(GConv):
-    """Lifting convolution Z^2 -> G: ``[B, Ci, X, Y]`` -> ``[B, Co, |H|, X', Y']``. Weight ``[Co, Ci, k, k]``."""
+    """Lifting convolution Z^2 -> G: ``[B, Ci, X, Y]`` -> ``[B, Co, |H|, X', Y']``.
+
+        y[b, o, j](x) = sum_c sum_x~ f[b, c](x~) W[o, c](h_j^-1 (x~ - x))
+
+    Weight ``[Co, Ci, k, k]``; no Haar factor.
+    """
 
     def __init__(self, group: str | Group, in_channels: int, out_channels: int, kernel_size: int, **kw) -> None:
         super().__init__(group, in_channels, out_channels, kernel_size, lifting=True, **kw)
@@ -131,7 +141,9 @@ class LiftingConv(GConv):
 class GroupConv(GConv):
     """Group convolution G -> G, times mu: ``[B, Ci, |H|, X, Y]`` -> ``[B, Co, |H|, X', Y']``.
 
-    Weight ``[Co, Ci, |H|, k, k]``.
+        y[b, o, j](x) = mu * sum_c sum_l sum_x~ f[b, c, l](x~) W[o, c, index(h_j^-1 h_l)](h_j^-1 (x~ - x))
+
+    Weight ``[Co, Ci, |H|, k, k]``; mu the Haar constant (pi/2 for p4, pi for p4m; 1 with ``haar=False``).
     """
 
     def __init__(self, group: str | Group, in_channels: int, out_channels: int, kernel_size: int, **kw) -> None:

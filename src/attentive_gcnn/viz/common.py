@@ -13,10 +13,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
+from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.errors import UserError
-from attentive_gcnn.models.registry import CONFIG_DIR
 from attentive_gcnn.rotations import denormalize, normalize  # noqa: F401 (re-exported for the scripts)
-from attentive_gcnn.runlog import atomic_path
+from attentive_gcnn.training.checks import check_fits
+from attentive_gcnn.training.runlog import atomic_path
 
 SPLITS = ("train", "valid", "test")
 
@@ -70,8 +71,6 @@ def load_split(
 
 def check_model_fits(model: nn.Module, model_name: str, data: SplitData) -> None:
     """The model must take the dataset's input shape and classes (:class:`UserError` otherwise)."""
-    from attentive_gcnn.train import check_fits
-
     check_fits(model, model_name, data.source, data.config)
 
 
@@ -100,7 +99,7 @@ def pyplot():
 
 
 def save_figure(fig, path: Path, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG atomically (see :func:`attentive_gcnn.runlog.atomic_path`) and close it."""
+    """Write ``fig`` as a PNG atomically (see :func:`attentive_gcnn.training.runlog.atomic_path`) and close it."""
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

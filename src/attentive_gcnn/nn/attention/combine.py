@@ -35,6 +35,25 @@ def attend(
     return f - weighted if combine == "one_minus_product" else weighted
 
 
+class ChoosesImpl:
+    """Mixin for layers computed in one of two ways, ``impl`` = ``lean`` or ``reference``: setting ``impl`` calls the
+    layer's :meth:`choose_impl`, which picks (through :func:`attentive_gcnn.accel.implementation`) the functions its
+    forward runs. The choice is made when the layer is built, or its ``impl`` set, never in forward."""
+
+    @property
+    def impl(self) -> str:
+        """``lean`` or ``reference``: how the forward computes the layer (setting it chooses anew)."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        self.choose_impl(impl)
+        self._impl = impl
+
+    def choose_impl(self, impl: str) -> None:
+        raise NotImplementedError
+
+
 class KeepsMap:
     """Mixin for attention modules: the last attention map is kept (detached) as ``attention_map``.
 

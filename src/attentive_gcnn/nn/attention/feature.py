@@ -1,8 +1,19 @@
 """alpha-F attention: attend on the input of a conv, ``x' = attend(x)``, then apply the plain conv.
 
-The attention depends on the input position (x, h) only, not on the output channel or orientation. On a
-planar input (first layer) the maps are planar: channel ``[B, Ci, 1, 1]``, spatial ``[B, 1, X, Y]``; on a map
-over G they are ``[B, Ci, |H|, 1, 1]`` and ``[B, 1, |H|, X, Y]``.
+alpha-F approximates the full attention's a(g, g~) by a(g~): the attention depends on the input position (x, h)
+only, not on the output channel or orientation, so it is computed on the layer's input and applied there:
+
+    x' = x * (1 - a_C a_X)        (computed as x - a_X (a_C x); "product": a_X a_C x)
+    y = conv(x')                  the plain lifting or group conv, with its stride, padding and Haar factor
+
+On a planar input (first layer) the maps are planar: channel ``[B, Ci, 1, 1]``, spatial ``[B, 1, X, Y]``; on a
+map over G they are ``[B, Ci, |H|, 1, 1]`` and ``[B, 1, |H|, X, Y]``. With ``pool_channels=False`` and a 1x1
+spatial kernel the spatial attention is RomHog's co-attention.
+
+A layer's ``impl`` chooses, when it is built (:func:`attentive_gcnn.accel.implementation`), how the attention and
+the convs are computed: ``reference`` (:func:`attend` op by op, ``F.conv2d``) or ``lean`` (the default:
+:mod:`attentive_gcnn.accel.feature`, one autograd node with few passes over the input, and
+:mod:`attentive_gcnn.accel.small_conv` for the convs with few channels); the same function.
 """
 
 from __future__ import annotations
@@ -10,22 +21,25 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attentive_gcnn import accel
 from attentive_gcnn.groups import Z2, Group, get_group
-from attentive_gcnn.nn.attention.combine import KeepsMap, attend
-from attentive_gcnn.nn.attention.feature_lean import lean_feature_attend
-from attentive_gcnn.nn.attention.full import IMPLS, _hidden
+from attentive_gcnn.nn.attention.combine import ChoosesImpl, KeepsMap, attend
+from attentive_gcnn.nn.attention.full import _hidden
 from attentive_gcnn.nn.conv import GConv
-from attentive_gcnn.nn.small_conv import small_conv2d
 
 
 class FeatureChannelAttention(KeepsMap, nn.Module):
     """Channel attention on a conv input: a CBAM MLP whose two layers are 1x1 group convs without space.
 
-    ``[B, Ci, |H|, X, Y]`` -> ``[B, Ci, |H|, 1, 1]`` (``on_group``), or ``[B, Ci, X, Y]`` -> ``[B, Ci, 1, 1]``.
-    Hidden unit q at orientation h: ``sum_{c, i} W1[q, c, src_h(i)] s(c, i)``, mixing channels and
-    orientations; then ReLU and the same with W2; avg and max branches summed; sigmoid. No biases, no mu.
+        a_C[b, c, h] = sigmoid(mlp(s_avg[b])[c, h] + mlp(s_max[b])[c, h])
+        mlp(s)[c, h] = sum_{q, i} W2[c, q, src_h(i)] relu(sum_{c', i'} W1[q, c', src_i(i')] s[c', i'])
+
+    with ``s_avg``, ``s_max`` the spatial mean and max of x, ``[B, Ci, |H|]``. ``[B, Ci, |H|, X, Y]`` -> ``[B, Ci,
+    |H|, 1, 1]`` (``on_group``), or ``[B, Ci, X, Y]`` -> ``[B, Ci, 1, 1]``. The MLP mixes channels and orientations
+    (``src_h`` the index map of h's action on H). No biases, no mu.
     Weights ``weight_fc1 [Ci//ratio, Ci(, |H|)]``, ``weight_fc2 [Ci, Ci//ratio(, |H|)]``, init as torch's
     default ``kaiming_uniform_(a=sqrt(5))``.
     """
@@ -61,8 +75,10 @@ class FeatureChannelAttention(KeepsMap, nn.Module):
         return torch.sigmoid(torch.einsum("cqji,zbqi->zbcj", w2, hid).sum(0))
 
 
-class FeatureSpatialAttention(KeepsMap, GConv):
+class FeatureSpatialAttention(ChoosesImpl, KeepsMap, GConv):
     """Spatial attention on a conv input: a conv to one channel, then a sigmoid.
+
+        a_X = sigmoid(conv(z)),    z = (mean_c g, max_c g) with g = a_C x (pool_channels), else z = x
 
     With ``pool_channels`` (alpha-F) the conv sees the channel mean and max (in that order); without it
     (RomHog co-attention) it sees all Ci channels, typically with a 1x1 kernel.
@@ -71,10 +87,9 @@ class FeatureSpatialAttention(KeepsMap, GConv):
     - planar ``[B, Ci, X, Y]`` -> lifting conv -> max over H -> ``[B, 1, X, Y]``, a map that rotates like an
       image.
 
-    Stride 1, dilation d, padding ``d * (k // 2)``. Weight ``[1, 2 or Ci(, |H|), k, k]``.
+    Stride 1, dilation d, padding ``d * (k // 2)``. Weight ``[1, 2 or Ci(, |H|), k, k]``. ``impl``: the conv's
+    computation, ``F.conv2d`` (``reference``) or ``small_conv2d`` (``lean``).
     """
-
-    conv2d = staticmethod(small_conv2d)
 
     def __init__(
         self,
@@ -86,6 +101,7 @@ class FeatureSpatialAttention(KeepsMap, GConv):
         pool_channels: bool = True,
         wscale: float = 1.0,
         haar: bool = True,
+        impl: str = "lean",
     ):
         super().__init__(
             group,
@@ -99,6 +115,10 @@ class FeatureSpatialAttention(KeepsMap, GConv):
             haar=haar,
         )
         self.pool_channels = pool_channels
+        self.impl = impl
+
+    def choose_impl(self, impl: str) -> None:
+        self.conv2d = accel.implementation("conv2d", impl, F.conv2d)
 
     def forward(self, x: Tensor) -> Tensor:
         z = torch.cat((x.mean(1, keepdim=True), x.amax(1, keepdim=True)), dim=1) if self.pool_channels else x
@@ -113,10 +133,11 @@ class FeatureSpatialAttention(KeepsMap, GConv):
         return torch.sigmoid(logits)
 
 
-class FAttGConv(GConv):
+class FAttGConv(ChoosesImpl, GConv):
     """Lifting or group convolution whose input is first weighted by alpha-F attention.
 
-    ``forward(x) = conv(attend(x))``: stride, padding, dilation and Haar factor are the plain conv's.
+    ``forward(x) = conv(attend(x))`` (``x' = x * (1 - a_C a_X)``, see :func:`attend`): stride, padding, dilation and
+    Haar factor are the plain conv's.
 
     Args (besides :class:`GConv`'s):
         channel, spatial: switch the two attention parts.
@@ -125,13 +146,11 @@ class FAttGConv(GConv):
         pool_channels: spatial attention on (mean_c, max_c) statistics (alpha-F); False gives RomHog's conv
             over all channels (use ``channel=False, spatial_kernel=1``).
         combine: see :func:`attend`.
-        impl: ``lean`` (default; :func:`~attentive_gcnn.nn.attention.feature_lean.lean_feature_attend`, one
-            autograd node with few passes over the input) or ``reference`` (:func:`attend`, op by op); the same
-            function. RomHog's attention (``pool_channels=False``), and any under ``torch.compile``, runs op by op.
+        impl: ``lean`` (default; :mod:`attentive_gcnn.accel.feature`, one autograd node with few passes over the
+            input, and ``small_conv2d`` for the convs) or ``reference`` (:func:`attend`, op by op, and ``F.conv2d``);
+            the same function. RomHog's attention (``pool_channels=False``) has no lean form and runs op by op.
     Attention kernels use the conv's ``wscale`` and ``haar``.
     """
-
-    conv2d = staticmethod(small_conv2d)  # the attended input needs its gradient, also in the lifting layer
 
     def __init__(
         self,
@@ -156,25 +175,29 @@ class FAttGConv(GConv):
         super().__init__(
             group, in_channels, out_channels, kernel_size, lifting=lifting, wscale=wscale, haar=haar, **conv_kw
         )
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        self.combine, self.impl = combine, impl
+        self.combine = combine
         on_group = not lifting
         self.channel_attention = FeatureChannelAttention(self.group, in_channels, ratio, on_group) if channel else None
         self.spatial_attention = (
             FeatureSpatialAttention(
-                self.group, in_channels, spatial_kernel, spatial_dilation, on_group, pool_channels, wscale, haar
+                self.group, in_channels, spatial_kernel, spatial_dilation, on_group, pool_channels, wscale, haar, impl
             )
             if spatial
             else None
         )
+        self.impl = impl
+
+    def choose_impl(self, impl: str) -> None:
+        sa = self.spatial_attention
+        self.conv2d = accel.implementation("conv2d", impl, F.conv2d)  # the attended input needs its gradient
+        lean_attention = sa is None or sa.pool_channels  # RomHog's attention has no lean form
+        self._attend = accel.implementation("feature_attention", impl if lean_attention else "reference", attend)
+        if sa is not None:
+            sa.impl = impl
 
     def forward(self, x: Tensor) -> Tensor:
         self.fold_input(x)  # shape check before the attention sees x
-        ca, sa = self.channel_attention, self.spatial_attention
-        # under torch.compile the op-by-op form, which the compiler fuses itself
-        lean = self.impl == "lean" and (sa is None or sa.pool_channels) and not torch.compiler.is_compiling()
-        return super().forward((lean_feature_attend if lean else attend)(x, ca, sa, self.combine))
+        return super().forward(self._attend(x, self.channel_attention, self.spatial_attention, self.combine))
 
 
 class FAttLiftingConv(FAttGConv):

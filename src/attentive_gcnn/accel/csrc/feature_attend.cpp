@@ -1,4 +1,4 @@
-// Fused CPU passes of the alpha-F attention x' = x * (1 - a_C a_X) (see attentive_gcnn/nn/attention/feature_lean.py).
+// Fused CPU passes of the alpha-F attention x' = x * (1 - a_C a_X) (see attentive_gcnn/accel/feature.py).
 //
 // Layouts (contiguous): x, grad [B, C, n, P]; channel map a [B, C, n]; spatial map ax [B, n, P]. An undefined
 // tensor stands for a part that is switched off. Each pass reads the large tensors once; the small maps in between
@@ -310,10 +310,14 @@ void add_channel_stats_grad(Tensor& grad_x, const Tensor& g_avg, const Tensor& g
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("channel_stats", &channel_stats);
-  m.def("spatial_stats", &spatial_stats);
-  m.def("apply", &apply);
-  m.def("spatial_map_grad", &spatial_map_grad);
-  m.def("backward_rest", &backward_rest);
-  m.def("add_channel_stats_grad", &add_channel_stats_grad);
+  // the signatures of attentive_gcnn.accel.feature.TorchPasses, which computes the same in torch ops
+  using py::arg;
+  m.def("channel_stats", &channel_stats, arg("x"));
+  m.def("spatial_stats", &spatial_stats, arg("x"), arg("a").none(true));
+  m.def("apply", &apply, arg("x"), arg("a").none(true), arg("a_x").none(true), arg("product"));
+  m.def("spatial_map_grad", &spatial_map_grad, arg("grad"), arg("x"), arg("a").none(true), arg("sign"));
+  m.def("backward_rest", &backward_rest, arg("grad"), arg("x"), arg("a").none(true), arg("a_x").none(true),
+        arg("g_mean").none(true), arg("g_max").none(true), arg("winner").none(true), arg("sign"), arg("product"),
+        arg("need_x"), arg("need_a"));
+  m.def("add_channel_stats_grad", &add_channel_stats_grad, arg("grad_x"), arg("g_avg"), arg("g_max"), arg("pos"));
 }

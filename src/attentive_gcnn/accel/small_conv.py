@@ -1,9 +1,10 @@
 """``F.conv2d`` for convs with few channels (attention maps, the lifting conv), faster on the CPU.
 
-Where the fused CPU kernels are built (``attentive_gcnn.kernels``), stride-1 convs with few channels (``Ci * Co <=
-LANE_CHANNELS``, ``padding <= d (k - 1)``, float) run as the lane-tile kernels ``lane_conv_forward`` /
-``lane_conv_backward`` (every vector lane one sample: no lane idles on small maps). Otherwise, on the CPU,
-oneDNN's input gradient of such convs is slow, and :func:`small_conv2d` computes it where it is fast:
+Where the native kernels apply (:func:`~attentive_gcnn.accel.native.native_kernels`: float CPU tensors), stride-1
+convs with few channels (``Ci * Co <= LANE_CHANNELS``, ``padding <= d (k - 1)``) run as the lane-tile kernels
+``lane_conv_forward`` / ``lane_conv_backward`` (every vector lane one sample: no lane idles on small maps).
+Otherwise, on the CPU, oneDNN's input gradient of such convs is slow, and :func:`small_conv2d` computes it where it
+is fast:
 
 - few input taps (``Ci * k * k <= FOLD_TAPS``, e.g. a lifting conv on a grey image): one matmul of the output
   gradient with the weight, then ``F.fold`` (col2im), faster than oneDNN's in isolated timings here;
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attentive_gcnn.kernels import cpu_kernels
+from attentive_gcnn.accel.native import native_kernels
 
 FOLD_TAPS = 32
 CHANNELS_LAST_CHANNELS = 16
@@ -32,11 +33,9 @@ LANE_CHANNELS = 256
 def _lane_kernels(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int):
     """The fused kernels if this conv runs as ``lane_conv_forward``, else None."""
     co, ci, k, _ = weight.shape
-    if stride != 1 or not 0 <= padding <= dilation * (k - 1) or ci * co > LANE_CHANNELS:
+    if stride != 1 or not 0 <= padding <= dilation * (k - 1) or ci * co > LANE_CHANNELS or weight.dtype != x.dtype:
         return None
-    if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
-        return None
-    return cpu_kernels("full_attend")
+    return native_kernels(x)
 
 
 def small_conv2d(x: Tensor, weight: Tensor, bias=None, stride: int = 1, padding: int = 0, dilation: int = 1) -> Tensor:
@@ -46,7 +45,7 @@ def small_conv2d(x: Tensor, weight: Tensor, bias=None, stride: int = 1, padding:
     kernels = _lane_kernels(x, weight, stride, padding, dilation)
     if kernels is not None:
         if not torch.is_grad_enabled():
-            return kernels.lane_conv_forward(x, weight, padding, dilation)
+            return kernels.lane_conv_forward(x, weight, padding=padding, dilation=dilation)
         return _LaneConv2d.apply(x, weight, padding, dilation, kernels)
     if not torch.is_grad_enabled():
         return F.conv2d(x, weight, bias, stride, padding, dilation)
@@ -59,14 +58,14 @@ class _LaneConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, padding, dilation, kernels):
         ctx.save_for_backward(x, weight)
-        ctx.conf, ctx.kernels = (padding, dilation), kernels
-        return kernels.lane_conv_forward(x, weight, padding, dilation)
+        ctx.conf, ctx.kernels = dict(padding=padding, dilation=dilation), kernels
+        return kernels.lane_conv_forward(x, weight, **ctx.conf)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x, grad_w = ctx.kernels.lane_conv_backward(grad, x, weight, *ctx.conf, need_x, need_w)
+        grad_x, grad_w = ctx.kernels.lane_conv_backward(grad, x, weight, **ctx.conf, need_x=need_x, need_w=need_w)
         return (grad_x if need_x else None), (grad_w if need_w else None), None, None, None
 
 

@@ -1,4 +1,4 @@
-"""The alpha-F attention ``x' = x * (1 - a_C * a_X)`` as one autograd node, with few passes over ``x``.
+"""The lean alpha-F attention ``x' = x * (1 - a_C * a_X)``: nn's ``attend`` as one autograd node, few passes over ``x``.
 
 The attention maps come from small tensors (statistics ``[B, Ci, n]`` and ``[B, n, X, Y]``) through the modules'
 MLP and conv; everything of the size of ``x`` is done by a few passes, in forward and backward:
@@ -9,8 +9,10 @@ MLP and conv; everything of the size of ``x`` is done by a few passes, in forwar
 - the product ``x * (1 - a_C a_X)`` (``one_minus_product``; ``x * a_C a_X`` for ``product``), computed as the
   reference's ``x - a_X (a_C x)``: equal to float round-off.
 
-The passes run as fused CPU kernels (:mod:`attentive_gcnn.kernels`) where those are built and ``x`` is a float32 or
-float64 CPU tensor, else as torch ops (:class:`TorchPasses`, any device); the two agree to round-off.
+The passes run as the fused kernels of ``csrc/feature_attend.cpp`` where the native kernels apply
+(:func:`~attentive_gcnn.accel.native.native_kernels`: float CPU tensors), else as torch ops (:class:`TorchPasses`, any
+device); the two agree to round-off. Under ``torch.compile`` the attention runs op by op (nn's ``attend``), which the
+compiler fuses itself.
 The small graphs from statistics to maps are differentiated with :func:`torch.autograd.grad` inside backward.
 Shapes: ``x [B, Ci, n, X, Y]`` on G, ``[B, Ci, X, Y]`` on the plane (n = 1); inside, ``x`` is ``[B, Ci, n, P]``,
 the channel map ``a [B, Ci, n]`` and the spatial map ``a_x [B, n, P]``.
@@ -21,19 +23,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attentive_gcnn.kernels import cpu_kernels
-from attentive_gcnn.nn.attention.combine import COMBINES
+from attentive_gcnn.accel.native import native_kernels
+from attentive_gcnn.nn.attention.combine import COMBINES, attend
 
 
 def lean_feature_attend(x: Tensor, channel: nn.Module | None, spatial: nn.Module | None, combine: str) -> Tensor:
     """``attend(x, channel, spatial, combine)`` for alpha-F modules (spatial attention on pooled channel statistics).
 
-    Keeps the maps in the modules as their own ``forward`` would.
+    Keeps the maps in the modules as their own ``forward`` would. Under ``torch.compile``: ``attend`` itself.
     """
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     if channel is None and spatial is None:
         return x
+    if torch.compiler.is_compiling():
+        return attend(x, channel, spatial, combine)
     params = [p for m in (channel, spatial) if m is not None for p in m.parameters()]
     build_graph = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return FeatureAttend.apply(x, channel, spatial, combine == "product", build_graph, *params)
@@ -92,13 +96,10 @@ class TorchPasses:
 
 
 def passes_for(x: Tensor):
-    """The fused kernels (the compiled module: :class:`TorchPasses`' functions, for contiguous inputs) for a float
-    CPU tensor where they are built, else :class:`TorchPasses`."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        kernels = cpu_kernels()
-        if kernels is not None:
-            return kernels
-    return TorchPasses()
+    """The fused kernels (the compiled module: :class:`TorchPasses`' functions, for contiguous inputs) where the native
+    kernels apply to ``x``, else :class:`TorchPasses`."""
+    kernels = native_kernels(x, "feature_attend")
+    return TorchPasses() if kernels is None else kernels
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -179,7 +180,7 @@ class FeatureAttend(torch.autograd.Function):
             add(grads)
             g_mean, g_max = _contiguous(g_mean.reshape(winner.shape)), _contiguous(g_max.reshape(winner.shape))
         grad_x, g_a = passes.backward_rest(
-            g, xg, a, a_x, g_mean, g_max, winner, sign, ctx.product, need_x, a is not None
+            g, xg, a, a_x, g_mean, g_max, winner, sign=sign, product=ctx.product, need_x=need_x, need_a=a is not None
         )
         if a is not None:
             (g_avg, g_smax), grads = ctx.channel.grad(g_a, params)

@@ -1,8 +1,10 @@
-"""Pieces of the lean full attention: the same function as the reference, without the full ``ft`` tensor.
+"""The lean full attention: the same function as nn's ``full_attention``, without all of the responses ``ft``.
 
-With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci, n_in, X', Y']``) and
-``g = a_C * ft``, every ingredient of the layer is either linear in ``ft`` or a maximum of it
-(``docs/performance.md#what-the-lean-computation-exploits``):
+With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci, n_in, X', Y']``), ``g = a_C * ft``
+and ``G_l = sum_c g`` (``ft`` without channel attention), the layer's output is ``scale * (sum_{c,l} ft - sum_l a_X
+G_l)`` (``one_minus_product``) or ``scale * sum_l a_X G_l`` (``product``); channel-only attention is one conv with
+the per-sample weights ``(1 - a_C) * bank`` (or ``a_C * bank``). Every ingredient is either linear in ``ft`` or a
+maximum of it (``docs/performance.md#what-the-lean-computation-exploits``):
 
 - ``mean_xy ft`` is the bank applied to the mean of each filter tap's input window (:func:`window_means`);
 - ``sum_c g`` is a convolution with per-sample weights ``a_C * bank`` (:func:`modulated_conv`), and
@@ -12,13 +14,18 @@ With ``ft[b, o, j, c, l] = x[b, c, l] (*) bank[o, j, c, l]`` (``[B, Co, |H|, Ci,
   at those positions (:func:`responses_at`) or, for the channel max, by :class:`SelectedResponses`, whose
   backward touches each position's winning channel only.
 
-The spatial-attention conv runs as :func:`planewise_conv`. On float CPU tensors the arg-max passes, the spatial
-maxima's gradients (:class:`NativeSpatialMax`) and, at stride 1, a whole chunk of the layer (the channel statistics,
-the spatial-attention conv with its sigmoid and weighting, and one backward for all: :func:`native_attend`; other
-strides: :func:`native_channel_stats` and :func:`spatial_attention_sum`) run as fused kernels
-(``kernels/full_attend.cpp``, :func:`native_kernels`) where they are built; elsewhere as torch ops; the two agree to
-round-off.
-:class:`~attentive_gcnn.nn.attention.full.AttGConv` puts these together over chunks of output channels.
+:func:`lean_full_attention` puts these together: the plain sum ``sum_{c,l} ft`` as one conv for all output channels,
+the rest over chunks of output channels (:func:`attend_chunk`), so that only one chunk's per-orientation tensors
+``[B, n_in, Co', |H|, X', Y']`` exist at a time in forward; training keeps them for backward (never ``ft``), or with
+the layer's ``recompute_stats`` recomputes each chunk in backward instead. The spatial-attention conv runs as
+:func:`planewise_conv`.
+
+Where the native kernels apply (:func:`~attentive_gcnn.accel.native.native_kernels`: float CPU tensors), the
+arg-max passes, the spatial maxima's gradients (:class:`NativeSpatialMax`) and, at stride 1, a whole chunk of the
+layer (the channel statistics, the spatial-attention conv with its sigmoid and weighting, the plain sum and the
+layer's scale, and one backward for all: :func:`native_attend`; other strides: :func:`native_channel_stats` and
+:func:`spatial_attention_sum`) run as the fused kernels of ``csrc/full_attend/``; elsewhere as torch ops. The two
+agree to round-off.
 
 Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``bank [Co, |H|, Ci, n_in, k, k]``.
 """
@@ -26,13 +33,170 @@ Shapes: ``xin [B, Ci * n_in, X, Y]`` (the folded conv input, channel-major), ``b
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from attentive_gcnn.kernels import cpu_kernels
+from attentive_gcnn.accel.native import native_kernels
+
+
+def lean_full_attention(layer, x: Tensor) -> Tensor:
+    """``full_attention(layer, x)`` of :mod:`attentive_gcnn.nn.attention.full` for an ``AttGConv`` ``layer``,
+    without all of ``ft`` (see the module's docstring). Keeps the layer's attention maps as the reference does."""
+    xin = layer.fold_input(x)
+    bank = layer.transformed_weight()  # [Co, |H|, Ci, n_in, k, k]
+    plan = Plan.of(layer, xin)
+    ca, sa = layer.channel_attention, layer.spatial_attention
+    s_avg = mean_responses(xin, bank, plan.geo) if ca is not None else None
+    found = _argmaxes(layer, plan, xin, bank, s_avg)
+    # max_xy ft, differentiable, for all output channels at once (one backward pass for the layer)
+    s_max = spatial_maxima(xin, bank, found.spatial, found.spatial_max, plan.geo) if ca is not None else None
+    # the channel map and the spatial kernels for all output channels, then split into chunks: one backward node
+    # for the split, not one zero-filled copy per sliced chunk
+    sizes = _chunk_sizes(layer, xin, plan)
+    a_all = ca.from_stats(s_avg, s_max) if ca is not None else None
+    bank_x = _spatial_kernels(layer, plan) if sa is not None else None  # [n_in, Co, |H|, S, k, k]
+    chunks = zip(
+        bank.split(sizes),
+        a_all.split(sizes, dim=1) if a_all is not None else [None] * len(sizes),
+        bank_x.split(sizes, dim=1) if bank_x is not None else [None] * len(sizes),
+        strict=True,
+    )
+    attend = functools.partial(attend_chunk, layer, plan)
+    outs, maps, o0 = [], [], 0
+    for bank_o, a_o, bank_x_o in chunks:
+        o = slice(o0, o0 + bank_o.shape[0])
+        o0 = o.stop
+        bank_x_o = None if bank_x_o is None else bank_x_o.reshape(-1, *bank_x_o.shape[-3:])  # [(l, o, j), S, k, k]
+        args = [xin, bank_o, a_o, bank_x_o]
+        args += [None if t is None else t[:, :, o] for t in (found.channel, found.winner)]
+        if layer.recompute_stats and torch.is_grad_enabled():
+            out, *chunk_maps = checkpoint(attend, *args, use_reentrant=False)
+        else:
+            out, *chunk_maps = attend(*args)
+        outs.append(out)
+        maps.append(chunk_maps)
+    for i, module in enumerate((ca, sa)):
+        if module is not None and module.keep_map:
+            module.keep_chunks([m[i] for m in maps], dim=1)
+    out = torch.cat(outs, dim=1)
+    if sa is not None and layer.combine == "one_minus_product" and not plan.with_plain:  # one conv for all channels
+        out = modulated_conv(xin, bank, None, plan.geo, sum_orientations=True) - out
+    return out * plan.final_scale if plan.final_scale != 1.0 else out
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How :func:`lean_full_attention` computes one forward of a layer, decided once from the layer and its input.
+
+    ``native``: the fused kernels apply to the input. ``with_plain``: each chunk's output already includes the
+    plain sum, ``sum_{c,l} ft - sum_l a_X G_l`` (the fused kernels make both in one pass over the responses); else
+    a chunk gives ``sum_l a_X G_l`` and one conv for all output channels makes the plain sum. ``single``: the layer
+    has one input channel and orientation (Ci * n_in = 1), so ``max_c g = sum_c g``, and the spatial map is computed
+    from that one statistic with its two kernels summed (the same function). The layer's scale is applied by the
+    chunks (``chunk_scale``, with ``with_plain``) or at the end (``final_scale``), the other being 1.
+    """
+
+    geo: ConvGeometry
+    native: bool
+    with_plain: bool
+    single: bool
+    chunk_scale: float
+    final_scale: float
+
+    @classmethod
+    def of(cls, layer, xin: Tensor) -> Plan:
+        native = native_kernels(xin) is not None
+        with_plain = native and layer.spatial_attention is not None and layer.combine == "one_minus_product"
+        return cls(
+            geo=ConvGeometry.of(xin, layer.kernel_size, layer.stride, layer.padding, layer.dilation),
+            native=native,
+            with_plain=with_plain,
+            single=layer.in_channels * layer.in_order == 1,
+            chunk_scale=layer.scale if with_plain else 1.0,
+            final_scale=1.0 if with_plain else layer.scale,
+        )
+
+
+def attend_chunk(layer, plan: Plan, xin, bank, a, bank_x, channel_at, winner) -> tuple:
+    """The layer's output for the output channels of ``bank`` (a chunk), and its (detached) channel and spatial
+    maps (None where absent or not kept), given the chunk's channel map ``a [B, Co', |H|, Ci, n_in]`` and spatial
+    kernels ``bank_x [(l, o, j), S, k, k]`` (None where that part is absent) and, on the torch-op path, its channel
+    arg-maxes ``channel_at`` and the responses there, ``winner`` (see :class:`ArgMaxes`). The output is ``sum_l a_X
+    G_l``, or with ``plan.with_plain`` the plain sum minus that, times ``plan.chunk_scale``. Per-orientation tensors
+    are l-major, ``[B, n_in, Co', |H|, X', Y']``, the layout of the convs that make them."""
+    ca, sa = layer.channel_attention, layer.spatial_attention
+    geo = plan.geo
+    a_map = a.detach()[..., None, None] if ca is not None and ca.keep_map else None
+    if sa is None:  # channel only: sum_{c,l} (1 - a_C) ft, or a_C ft; neither: the plain sum
+        if a is not None and layer.combine == "one_minus_product":
+            a = 1 - a
+        return modulated_conv(xin, bank, a, geo, sum_orientations=True), a_map, None
+    if plan.native and geo.stride == 1:  # the whole chunk as fused kernels
+        out, a_x = native_attend(xin, bank, a, bank_x, geo, sa.dilation, plan.with_plain, plan.single, plan.chunk_scale)
+    else:
+        plain = None
+        if plan.native:  # G_l and max_c g (and the plain sum), from one fused pass
+            summed, maximum, *rest = native_channel_stats(xin, bank, a, geo, with_plain=plan.with_plain)
+            plain = rest[0] if rest else None
+        else:
+            summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)  # G_l
+            maximum = None if plan.single else SelectedResponses.apply(xin, bank, a, channel_at, winner, geo)
+        stats = (summed, None if plan.single else maximum)
+        out, a_x = spatial_attention_sum(*stats, bank_x, sa.dilation, plain, plan.chunk_scale)
+    x_map = a_x.permute(0, 2, 3, 1, 4, 5).unsqueeze(3) if sa.keep_map else None  # [B, Co', H, 1, n_in, X', Y']
+    return out, a_map, x_map
+
+
+def _channels_per_chunk(out_channels: int, elements_per_channel: int, budget: int) -> int:
+    """Output channels per chunk, so that a chunk of a tensor with ``elements_per_channel`` values per output
+    channel holds at most ``budget`` values, or one channel."""
+    return max(1, min(out_channels, budget // max(elements_per_channel, 1)))
+
+
+def _argmaxes(layer, plan: Plan, xin: Tensor, bank: Tensor, s_avg: Tensor | None) -> ArgMaxes:
+    """The arg-maxes of ``ft`` that the layer needs: with the fused kernels the spatial ones only (the channel
+    arg-maxes come, chunk by chunk, from the fused channel pass); with torch ops both, from ``ft`` built (without
+    autograd) for chunks of at most the layer's ``chunk_elements`` values."""
+    ca, sa = layer.channel_attention, layer.spatial_attention
+    if plan.native:
+        return native_spatial_argmax(xin, bank, plan.geo) if ca is not None else ArgMaxes()
+
+    def channel_map(s_max: Tensor, o: slice) -> Tensor:
+        return ca.from_stats(s_avg[:, o], s_max, o)
+
+    per_channel = xin.shape[0] * layer.group.order * xin.shape[1] * plan.geo.pixels  # of ft
+    return argmax_pass(
+        lambda o: layer.conv_responses(xin, bank[o]),
+        layer.out_channels,
+        _channels_per_chunk(layer.out_channels, per_channel, layer.chunk_elements),
+        channel_map if ca is not None else None,
+        sa is not None,
+    )
+
+
+def _chunk_sizes(layer, xin: Tensor, plan: Plan) -> list[int]:
+    """As few chunks of output channels as the layer's ``attend_chunk_elements`` allows, of balanced sizes: each
+    chunk's per-orientation tensors (and per-sample conv weights ``a_C * W``) hold at most that many values."""
+    order, co = layer.group.order, layer.out_channels
+    per_channel = xin.shape[0] * order * layer.in_order * plan.geo.pixels  # of a per-orientation tensor
+    if layer.channel_attention is not None:  # ... and of the per-sample conv weights a_C * W
+        per_channel = max(per_channel, xin.shape[0] * order * xin.shape[1] * layer.kernel_size**2)
+    n_chunks = -(-co // _channels_per_chunk(co, per_channel, layer.attend_chunk_elements))
+    return [co // n_chunks + (i < co % n_chunks) for i in range(n_chunks)]
+
+
+def _spatial_kernels(layer, plan: Plan) -> Tensor:
+    """The spatial attention's transformed kernels for the l-major statistics, ``[n_in, Co, |H|, S, k, k]`` (the
+    same function as its ``from_stats``, faster on CPUs). The mean's kernels carry the channel mean's 1 / Ci, so that
+    the statistic is the channel sum ``G_l``; with ``plan.single`` the two kernels are summed (S = 1)."""
+    bank = layer.spatial_attention.transformed_weight().permute(3, 0, 1, 2, 4, 5)  # [n_in, Co, H, 2, k, k]
+    bank = bank * bank.new_tensor([1.0 / layer.in_channels, 1.0]).view(2, 1, 1)
+    return bank.sum(dim=3, keepdim=True) if plan.single else bank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +233,9 @@ class ConvGeometry:
         return indicator
 
     @property
-    def conv_args(self) -> tuple[int, int, int]:
-        """``(stride, padding, dilation)``, the order of the fused kernels' arguments."""
-        return self.stride, self.padding, self.dilation
+    def conv_kwargs(self) -> dict[str, int]:
+        """``stride``, ``padding`` and ``dilation``, as the fused kernels take them."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     def conv(self, x: Tensor, w: Tensor, groups: int = 1) -> Tensor:
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, groups)
@@ -244,13 +408,15 @@ def argmax_pass(
     return found
 
 
-def native_spatial_argmax(kernels, xin: Tensor, bank: Tensor, geo: ConvGeometry) -> ArgMaxes:
-    """The spatial arg-maxes of :func:`argmax_pass` as one fused kernel (``kernels``, see :func:`native_kernels`):
-    all output channels at once, ``ft`` never built, the same positions (ties: the first). The channel arg-maxes
-    come later, chunk by chunk, from :func:`native_channel_stats`."""
+def native_spatial_argmax(xin: Tensor, bank: Tensor, geo: ConvGeometry) -> ArgMaxes:
+    """The spatial arg-maxes of :func:`argmax_pass` as one fused kernel (where :func:`native_kernels` applies): all
+    output channels at once, ``ft`` never built, the same positions (ties: the first). The channel arg-maxes come
+    later, chunk by chunk, from the fused channel pass."""
     found = ArgMaxes()
     with torch.no_grad():
-        found.spatial_max, found.spatial = kernels.spatial_argmax(*_contiguous(xin, bank), *geo.conv_args)
+        found.spatial_max, found.spatial = native_kernels(xin).spatial_argmax(
+            *_contiguous(xin, bank), **geo.conv_kwargs
+        )
     return found
 
 
@@ -269,28 +435,29 @@ class NativeSpatialMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xin: Tensor, bank: Tensor, pos: Tensor, values: Tensor, geo: ConvGeometry) -> Tensor:
         ctx.save_for_backward(xin, bank, pos)
-        ctx.geo = geo
+        ctx.geo, ctx.kernels = geo, native_kernels(xin)
         return values
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         xin, bank, pos = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        grad_x, grad_w = native_kernels(xin).spatial_max_backward(
-            grad, *_contiguous(xin, bank, pos), *ctx.geo.conv_args, need_x, need_w
+        grad_x, grad_w = ctx.kernels.spatial_max_backward(
+            grad, *_contiguous(xin, bank, pos), **ctx.geo.conv_kwargs, need_x=need_x, need_w=need_w
         )
         return (grad_x if need_x else None), (grad_w if need_w else None), None, None, None
 
 
 def native_channel_stats(
-    kernels, xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry, with_plain: bool = False
+    xin: Tensor, bank: Tensor, a: Tensor | None, geo: ConvGeometry, with_plain: bool = False
 ) -> tuple[Tensor, ...]:
     """``(sum_c g, max_c g)`` (``g = a * ft``, ``a`` None for 1), each ``[B, n_in, Co', |H|, X', Y']``, and with
     ``with_plain`` also the plain conv ``sum_{c, l} ft`` ``[B, Co', |H|, X', Y']``, for strides other than 1 (stride
     1: :func:`native_attend`): the channel arg-max from one fused pass without autograd, then :func:`modulated_conv`
     and :class:`NativeSelectedResponses`."""
     with torch.no_grad():
-        channel, _, maximum, _ = kernels.channel_argmax(*_contiguous(xin, bank, a), *geo.conv_args, False)
+        kernels = native_kernels(xin)
+        channel, _, maximum, _ = kernels.channel_argmax(*_contiguous(xin, bank, a), **geo.conv_kwargs, with_plain=False)
     summed = modulated_conv(xin, bank, a, geo, sum_orientations=False)
     stats = (summed, NativeSelectedResponses.apply(xin, bank, a, channel, maximum, geo))
     return (*stats, modulated_conv(xin, bank, None, geo, sum_orientations=True)) if with_plain else stats
@@ -379,16 +546,17 @@ class NativeSelectedResponses(torch.autograd.Function):
     def forward(ctx, xin, bank, a, channel, maximum, geo: ConvGeometry) -> Tensor:
         xin, bank, a = _contiguous(xin, bank, a)
         ctx.save_for_backward(xin, bank, a, channel)
-        ctx.geo = geo
+        ctx.geo, ctx.kernels = geo, native_kernels(xin)
         if maximum is not None:
             return maximum
-        return native_kernels(xin).selected_forward(xin, bank, a, channel, *geo.conv_args)
+        return ctx.kernels.selected_forward(xin, bank, a, channel, **geo.conv_kwargs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         xin, bank, a, channel = ctx.saved_tensors
-        grads = native_kernels(grad).selected_backward(
-            grad, xin, bank, a, channel, *ctx.geo.conv_args, *ctx.needs_input_grad[:3]
+        need_x, need_w, need_a = ctx.needs_input_grad[:3]
+        grads = ctx.kernels.selected_backward(
+            grad, xin, bank, a, channel, **ctx.geo.conv_kwargs, need_x=need_x, need_w=need_w, need_a=need_a
         )
         return *grads, None, None, None
 
@@ -396,14 +564,6 @@ class NativeSelectedResponses(torch.autograd.Function):
 def _at_winner(a: Tensor, channel: Tensor) -> Tensor:
     """``a[b, o, j, c*, l]`` for ``c* = channel[b, l, o, j, x, y]`` -> ``[B, n_in, Co, |H|, X', Y']``."""
     return a.permute(0, 4, 1, 2, 3).gather(-1, channel.flatten(-2).long()).view(channel.shape)
-
-
-def native_kernels(t: Tensor):
-    """The compiled full-attention kernels for a float CPU tensor ``t`` where they are built (not while
-    ``torch.compile`` traces), else None."""
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
-        return cpu_kernels("full_attend")
-    return None
 
 
 def spatial_attention_sum(
@@ -448,7 +608,13 @@ class NativeSpatialAttention(torch.autograd.Function):
         summed, bank = summed.contiguous(), bank.contiguous()
         maximum = None if maximum is None else maximum.contiguous()
         out, a = kernels.attention_map_forward(
-            summed.flatten(1, 3), _flat(maximum), bank, summed.shape[1], dilation, plain, scale
+            summed.flatten(1, 3),
+            _flat(maximum),
+            bank,
+            plain,
+            orientations=summed.shape[1],
+            dilation=dilation,
+            scale=scale,
         )
         out, a = out.view(summed.shape[:1] + summed.shape[2:]), a.view_as(summed)
         ctx.save_for_backward(summed, maximum, a, bank)
@@ -469,12 +635,12 @@ class NativeSpatialAttention(torch.autograd.Function):
             _flat(maximum),
             a.flatten(1, 3),
             bank,
-            summed.shape[1],
-            ctx.dilation,
-            need_x,
-            ctx.needs_input_grad[2],
-            ctx.with_plain,
-            ctx.scale,
+            orientations=summed.shape[1],
+            dilation=ctx.dilation,
+            with_plain=ctx.with_plain,
+            scale=ctx.scale,
+            need_x=need_x,
+            need_w=ctx.needs_input_grad[2],
         )
         grad_summed = grad_summed.view_as(summed) if need_x else None
         grad_maximum = grad_maximum.view_as(maximum) if need_x and maximum is not None else None
@@ -512,13 +678,15 @@ class NativeAttend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xin, bank, a, bank_x, geo: ConvGeometry, dilation: int, with_plain: bool, single: bool, scale):
         kernels = native_kernels(xin)
+        options = kernels.AttendOptions(
+            padding=geo.padding, dilation=geo.dilation, map_dilation=dilation, with_plain=with_plain, single=single,
+            scale=scale,
+        )  # fmt: skip
         xin, bank, a, bank_x = _contiguous(xin, bank, a, bank_x)
-        channel, summed, maximum, a_x, out = kernels.attend_forward(
-            xin, bank, a, bank_x, geo.padding, geo.dilation, dilation, with_plain, single, scale
-        )  # single: no maximum, no channel (max_c g = sum_c g)
+        # single: no maximum, no channel (max_c g = sum_c g)
+        channel, summed, maximum, a_x, out = kernels.attend_forward(xin, bank, a, bank_x, options=options)
         ctx.save_for_backward(xin, bank, a, bank_x, channel, summed, maximum, a_x)
-        ctx.conf = (geo, dilation, with_plain, scale)
-        ctx.kernels = kernels
+        ctx.options, ctx.kernels = options, kernels
         ctx.mark_non_differentiable(a_x)
         ctx.set_materialize_grads(False)
         return out, a_x
@@ -529,11 +697,10 @@ class NativeAttend(torch.autograd.Function):
         if grad is None:
             return (None,) * n_args
         xin, bank, a, bank_x, channel, summed, maximum, a_x = ctx.saved_tensors
-        geo, dilation, with_plain, scale = ctx.conf
         need = ctx.needs_input_grad[:4]
         grads = ctx.kernels.attend_backward(
-            grad, summed, maximum, a_x, bank_x, dilation, with_plain, scale,
-            xin, bank, a, channel, geo.padding, geo.dilation, *need,
+            grad, xin, bank, a, channel, summed, maximum, a_x, bank_x, options=ctx.options,
+            need_x=need[0], need_w=need[1], need_a=need[2], need_w_x=need[3],
         )  # fmt: skip
         return *(g if wanted else None for g, wanted in zip(grads, need, strict=True)), *[None] * (n_args - 4)
 

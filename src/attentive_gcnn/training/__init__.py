@@ -1,0 +1,12 @@
+"""What training needs beside its entrypoint (``attentive_gcnn.train``), one concern a module.
+
+- ``device``: the ``device`` option and ``torch.compile`` (``pick_device``, ``compiled``);
+- ``checks``: whether a model fits a dataset (``check_fits``);
+- ``seeding``: ``seed_everything`` and the per-epoch seeds (``epoch_seed``);
+- ``rundir``: the run directory's file names, its writability check and ``prepare_run_dir``;
+- ``loop``: the training and evaluation loops (``Trainer``);
+- ``runlog``: atomic writes, ``metrics.csv`` and JSON files;
+- ``provenance``: git SHA, machine, command line and peak memory of a run;
+- ``mirrors``: the ``logger`` options (none, Weights & Biases);
+- ``summary``: ``summary.json`` of a training run and of an ``eval_only`` evaluation.
+"""
