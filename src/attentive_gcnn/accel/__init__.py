@@ -11,6 +11,8 @@ runs:
 - :mod:`~attentive_gcnn.accel.native`: the native CPU kernels (``csrc/``) that those use, their loader, and
   :func:`~attentive_gcnn.accel.native.native_kernels`, the one rule that decides, per tensor, whether they run;
 - :mod:`~attentive_gcnn.accel.allocator`: the memory allocator setting of the training and benchmark processes.
+- :mod:`~attentive_gcnn.accel.precision`: under autocast (``amp=true``) every autograd Function here runs in
+  float32 (``torch.amp.custom_fwd(cast_inputs=torch.float32)`` / ``custom_bwd`` for the CPU and CUDA both).
 
 ``python -m attentive_gcnn.accel`` builds the native kernels (``make install`` does).
 """

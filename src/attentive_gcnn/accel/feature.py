@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from attentive_gcnn.accel.native import native_kernels
+from attentive_gcnn.accel.precision import float32_backward, float32_forward
 from attentive_gcnn.nn.attention.combine import COMBINES, attend
 
 
@@ -129,6 +130,7 @@ class FeatureAttend(torch.autograd.Function):
     ``build_graph``, then the modules' parameters (so that autograd routes their gradients here)."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, x, channel, spatial, product: bool, build_graph: bool, *params):
         on_plane = x.dim() == 4
         b, ci = x.shape[:2]
@@ -157,6 +159,7 @@ class FeatureAttend(torch.autograd.Function):
         return out.view_as(x)
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor):
         x, a, a_x, pos, winner = ctx.saved_tensors
         passes = ctx.passes

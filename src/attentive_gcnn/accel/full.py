@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from attentive_gcnn.accel.native import native_kernels
+from attentive_gcnn.accel.precision import float32_backward, float32_forward
 
 
 def lean_full_attention(layer, x: Tensor) -> Tensor:
@@ -59,6 +60,8 @@ def lean_full_attention(layer, x: Tensor) -> Tensor:
     # for the split, not one zero-filled copy per sliced chunk
     sizes = _chunk_sizes(layer, xin, plan)
     a_all = ca.from_stats(s_avg, s_max) if ca is not None else None
+    if a_all is not None and plan.native:  # the fused kernels take one dtype (autocast may make a_C lower)
+        a_all = a_all.to(xin.dtype)
     bank_x = _spatial_kernels(layer, plan) if sa is not None else None  # [n_in, Co, |H|, S, k, k]
     chunks = zip(
         bank.split(sizes),
@@ -275,6 +278,7 @@ class ResponsesAt(torch.autograd.Function):
     """See :func:`responses_at`. Saves the inputs and the positions only; backward gathers the windows again."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, xin: Tensor, bank: Tensor, pos: Tensor, geo: ConvGeometry) -> Tensor:
         ctx.save_for_backward(xin, bank, pos)
         ctx.geo = geo
@@ -283,6 +287,7 @@ class ResponsesAt(torch.autograd.Function):
         return torch.einsum("bclojt,ojclt->bojcl", windows, bank.flatten(-2))
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor):
         xin, bank, pos = ctx.saved_tensors
         xpad, index = _window_index(xin, bank.shape, pos, ctx.geo)
@@ -433,12 +438,14 @@ class NativeSpatialMax(torch.autograd.Function):
     sends each statistic's gradient to its k x k window and filter. Arguments ``(xin, bank, pos, values, geo)``."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, xin: Tensor, bank: Tensor, pos: Tensor, values: Tensor, geo: ConvGeometry) -> Tensor:
         ctx.save_for_backward(xin, bank, pos)
         ctx.geo, ctx.kernels = geo, native_kernels(xin)
         return values
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor):
         xin, bank, pos = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
@@ -481,6 +488,7 @@ class SelectedResponses(torch.autograd.Function):
     """
 
     @staticmethod
+    @float32_forward
     def forward(ctx, xin, bank, a, channel, winner, geo: ConvGeometry) -> Tensor:
         ctx.save_for_backward(xin, bank, a, channel, winner)
         ctx.geo = geo
@@ -489,6 +497,7 @@ class SelectedResponses(torch.autograd.Function):
         return _at_winner(a, channel) * winner
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor):
         xin, bank, a, channel, winner = ctx.saved_tensors
         geo: ConvGeometry = ctx.geo
@@ -543,6 +552,7 @@ class NativeSelectedResponses(torch.autograd.Function):
     for 1."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, xin, bank, a, channel, maximum, geo: ConvGeometry) -> Tensor:
         xin, bank, a = _contiguous(xin, bank, a)
         ctx.save_for_backward(xin, bank, a, channel)
@@ -552,6 +562,7 @@ class NativeSelectedResponses(torch.autograd.Function):
         return ctx.kernels.selected_forward(xin, bank, a, channel, **geo.conv_kwargs)
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor):
         xin, bank, a, channel = ctx.saved_tensors
         need_x, need_w, need_a = ctx.needs_input_grad[:3]
@@ -603,6 +614,7 @@ class NativeSpatialAttention(torch.autograd.Function):
     None); returns ``(out, a)``, ``a`` not differentiable."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, summed, maximum, bank, dilation: int, plain, scale: float) -> tuple[Tensor, Tensor]:
         kernels = native_kernels(bank)
         summed, bank = summed.contiguous(), bank.contiguous()
@@ -624,6 +636,7 @@ class NativeSpatialAttention(torch.autograd.Function):
         return out, a
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
         summed, maximum, a, bank = ctx.saved_tensors
         if grad is None:
@@ -676,6 +689,7 @@ class NativeAttend(torch.autograd.Function):
     ``ft``)."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, xin, bank, a, bank_x, geo: ConvGeometry, dilation: int, with_plain: bool, single: bool, scale):
         kernels = native_kernels(xin)
         options = kernels.AttendOptions(
@@ -692,6 +706,7 @@ class NativeAttend(torch.autograd.Function):
         return out, a_x
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor | None, _grad_a_x: Tensor | None):
         n_args = len(ctx.needs_input_grad)
         if grad is None:
@@ -733,6 +748,7 @@ class PlanewiseConv(torch.autograd.Function):
     """
 
     @staticmethod
+    @float32_forward
     def forward(ctx, x: Tensor, w: Tensor, dilation: int) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(x, w)
@@ -740,6 +756,7 @@ class PlanewiseConv(torch.autograd.Function):
         return F.conv2d(x, w, padding=dilation * (w.shape[-1] // 2), dilation=dilation, groups=w.shape[0])
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad: Tensor):
         x, w = ctx.saved_tensors
         d = ctx.dilation

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attentive_gcnn.accel.native import native_kernels
+from attentive_gcnn.accel.precision import float32_backward, float32_forward
 
 FOLD_TAPS = 32
 CHANNELS_LAST_CHANNELS = 16
@@ -56,12 +57,14 @@ class _LaneConv2d(torch.autograd.Function):
     """A stride-1 conv with few channels as the lane-tile kernels: ``(x, weight, padding, dilation, kernels)``."""
 
     @staticmethod
+    @float32_forward
     def forward(ctx, x, weight, padding, dilation, kernels):
         ctx.save_for_backward(x, weight)
         ctx.conf, ctx.kernels = dict(padding=padding, dilation=dilation), kernels
         return kernels.lane_conv_forward(x, weight, **ctx.conf)
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
@@ -99,12 +102,14 @@ def conv2d_grads(grad: Tensor, x: Tensor, weight: Tensor, stride: int, padding: 
 
 class _SmallConv2d(torch.autograd.Function):
     @staticmethod
+    @float32_forward
     def forward(ctx, x, weight, stride, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation)
         return F.conv2d(x, weight, None, stride, padding, dilation)
 
     @staticmethod
+    @float32_backward
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x, grad_w = conv2d_grads(grad.contiguous(), x, weight, *ctx.conf, tuple(ctx.needs_input_grad[:2]))
