@@ -20,9 +20,9 @@ from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.data import make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
 from attentive_gcnn.models import build, build_from_config, model_config, model_names
-from attentive_gcnn.train import check_options, evaluate, train
+from attentive_gcnn.train import check_options, check_resumable, evaluate, train
 from attentive_gcnn.training import device as device_module
-from attentive_gcnn.training.device import compiled
+from attentive_gcnn.training.device import compiled, pick_device
 from attentive_gcnn.training.loop import Trainer
 from tests.conftest import authors_release_dir, needs_authors_release
 from tests.data_fixtures import write_cifar10, write_mnist_raw, write_pcam, write_rotmnist_npz
@@ -395,11 +395,31 @@ def test_model_that_does_not_fit_the_dataset(tmp_path):
         (["training.lr=0"], "training.lr=0"),
         (["num_workers=-1"], "num_workers=-1"),
         (["compile=maybe"], "compile=maybe"),
+        (["seed=abc"], "seed=abc must be an integer"),
+        (["seed=-1"], "seed=-1 must be an integer"),
+        (["seed=1.5"], "seed=1.5 must be an integer"),
+        (["seed=12345678901234567890"], "seed=12345678901234567890 must be an integer"),
+        (["training.epochs=true"], "training.epochs=True must be a positive integer"),
+        (["training.weight_decay=-1"], "training.weight_decay=-1 must be a non-negative"),
+        (["eval_only=true", "ckpt_path=x.ckpt", "eval_tta=true"], "eval_tta=True must be 0"),
     ],
 )
 def test_incompatible_options_are_caught_before_training(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_options(compose_cfg(*overrides))
+
+
+def test_a_resume_with_mixed_precision_switched_is_refused():
+    saved = {"model": "p4cnn", "dataset": "d", "protocol": "clean", "seed": 0, "amp": False, "training": {}}
+    check_resumable(saved, dict(saved))
+    with pytest.raises(ConfigError, match="different settings than the saved run: amp"):
+        check_resumable(saved, {**saved, "amp": True})
+
+
+@pytest.mark.parametrize("name", ["mps", "meta", "xla:0"])
+def test_only_cpu_and_cuda_devices_are_accepted(name):
+    with pytest.raises(ConfigError, match=f"device={name}: only cpu and cuda"):
+        pick_device(name)
 
 
 def test_compile_is_opt_in_and_needs_a_compiler_on_cpu(monkeypatch):

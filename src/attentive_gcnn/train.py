@@ -58,24 +58,37 @@ def check_options(cfg: DictConfig) -> None:
         problems.append(f"resume={cfg.resume} must be true, false or auto")
     if cfg.eval_only and cfg.resume:
         problems.append("eval_only=true and resume exclude each other")
+    if not is_int(cfg.seed) or not 0 <= cfg.seed < 2**32:
+        problems.append(f"seed={cfg.seed} must be an integer from 0 to 2**32 - 1")
     for key in ("epochs", "batch_size", "eval_batch_size"):
-        if not isinstance(cfg.training[key], int) or cfg.training[key] < 1:
+        if not is_int(cfg.training[key]) or cfg.training[key] < 1:
             problems.append(f"training.{key}={cfg.training[key]} must be a positive integer")
-    if not isinstance(cfg.training.lr, (int, float)) or not cfg.training.lr > 0:
+    if not is_number(cfg.training.lr) or not cfg.training.lr > 0:
         problems.append(f"training.lr={cfg.training.lr} must be a positive number")
-    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+    if not is_number(cfg.training.get("weight_decay", 0)) or cfg.training.get("weight_decay", 0) < 0:
+        problems.append(f"training.weight_decay={cfg.training.weight_decay} must be a non-negative number")
+    if not is_int(cfg.num_workers) or cfg.num_workers < 0:
         problems.append(f"num_workers={cfg.num_workers} must be a non-negative integer")
     if cfg.progress not in ("auto", True, False):
         problems.append(f"progress={cfg.progress} must be auto, true or false")
     if cfg.get("compile", False) not in (True, False):
         problems.append(f"compile={cfg.compile} must be true or false")
     tta = cfg.get("eval_tta", 0)
-    if isinstance(tta, bool) or not isinstance(tta, int) or tta < 0 or tta == 1:
+    if not is_int(tta) or tta < 0 or tta == 1:
         problems.append(f"eval_tta={tta} must be 0 (off) or the number of rotations K >= 2 (an integer)")
     elif tta and not cfg.eval_only:
         problems.append(f"eval_tta={tta} is only used with eval_only=true (it averages a checkpoint's logits)")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def is_int(value) -> bool:
+    """An integer option (``true``/``false`` are not integers, although Python's bool is one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def show_progress(setting) -> bool:
@@ -88,7 +101,7 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-RESUME_KEYS = ("model", "dataset", "protocol", "seed")
+RESUME_KEYS = ("model", "dataset", "protocol", "seed", "amp")
 
 
 def check_resumable(saved: dict, now: dict) -> None:

@@ -18,6 +18,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device={name} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name}: only cpu and cuda devices train here (auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here (use device=auto or device=cpu)")
     return device
