@@ -19,11 +19,11 @@ error) to ``results/checkpoints/<table>/<model>.ckpt``, listed with their SHA-25
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
+from attentive_gcnn.data.errors import sha256_of
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.training.runlog import atomic_path, write_atomic
 
@@ -72,14 +72,6 @@ def publish_run(run_dir: Path, dest: Path) -> bool:
     return True
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def publish_checkpoint(run_dir: Path, dest: Path) -> bool:
     """Copy the selected weights (``best.ckpt``) of the complete run in ``run_dir`` to ``dest`` (a ``.ckpt`` path)
     with the run's identity added, and list it in ``SHA256SUMS`` beside it; False if ``dest`` already holds them.
@@ -106,7 +98,7 @@ def publish_checkpoint(run_dir: Path, dest: Path) -> bool:
     save_checkpoint(dest, {**payload, "run": run})
     sums = dest.parent / SUMS
     lines = sums.read_text().splitlines() if sums.is_file() else []
-    lines = [line for line in lines if not line.endswith(f"  {dest.name}")] + [f"{sha256(dest)}  {dest.name}"]
+    lines = [line for line in lines if not line.endswith(f"  {dest.name}")] + [f"{sha256_of(dest)}  {dest.name}"]
     write_atomic(sums, "\n".join(sorted(lines, key=lambda line: line.split("  ", 1)[1])) + "\n")
     return True
 
@@ -118,6 +110,6 @@ def check_sums(directory: Path) -> list[str]:
     for line in (directory / SUMS).read_text().splitlines():
         digest, name = line.split("  ", 1)
         path = directory / name
-        if not path.is_file() or sha256(path) != digest:
+        if not path.is_file() or sha256_of(path) != digest:
             bad.append(name)
     return bad
