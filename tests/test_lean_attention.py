@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attentive_gcnn.accel import batched
 from attentive_gcnn.accel import feature as feature_lean
 from attentive_gcnn.accel import full as lean
 from attentive_gcnn.accel.full import PlanewiseConv
@@ -140,7 +141,7 @@ def test_lean_alpha_f_equals_reference_in_values_gradients_and_maps(group, lifti
 
 
 def test_alpha_f_models_select_the_implementation(monkeypatch):
-    assert {m.impl for m in build("fa_p4cnn").modules() if isinstance(m, FAttGConv)} == {"lean"}
+    assert {m.impl for m in build("fa_p4cnn").modules() if isinstance(m, FAttGConv)} == {"auto"}
     model = build("fa_p4cnn", attention_impl="reference")
     assert {m.impl for m in model.modules() if isinstance(m, FAttGConv)} == {"reference"}
 
@@ -154,8 +155,8 @@ def test_alpha_f_models_select_the_implementation(monkeypatch):
         FAttGConv("p4", 2, 2, 3, lifting=False, impl="fast")
 
 
-def test_lean_is_the_default_and_models_select_the_reference():
-    assert AttGConv("p4", 2, 2, 3, lifting=False).impl == "lean"
+def test_auto_is_the_default_and_models_select_the_reference():
+    assert AttGConv("p4", 2, 2, 3, lifting=False).impl == "auto"
     model = build("a_p4cnn", attention_impl="reference")
     assert {m.impl for m in model.modules() if isinstance(m, AttGConv)} == {"reference"}
     with pytest.raises(ValueError, match="impl"):
@@ -169,12 +170,26 @@ def test_layers_run_the_computation_their_impl_chose():
     assert full._compute is full_attention
     full.impl = "lean"
     assert full._compute is lean.lean_full_attention
-    alpha_f = FAttGConv("p4", 2, 2, 3, lifting=False)
+    full.impl = "batched"
+    assert full._compute is batched.batched_full_attention
+    alpha_f = FAttGConv("p4", 2, 2, 3, lifting=False, impl="lean")
     assert alpha_f._attend is feature_lean.lean_feature_attend
     assert alpha_f.conv2d is alpha_f.spatial_attention.conv2d is small_conv2d
     alpha_f.impl = "reference"
     assert alpha_f._attend is attend
     assert alpha_f.conv2d is alpha_f.spatial_attention.conv2d is F.conv2d
+    alpha_f.impl = "batched"  # the GPU form of alpha-F is the reference's ops
+    assert alpha_f._attend is attend and alpha_f.conv2d is F.conv2d
+
+
+def test_auto_runs_lean_on_a_cpu_and_batched_elsewhere(monkeypatch):
+    calls = []
+    monkeypatch.setattr(lean, "lean_full_attention", lambda layer, x: calls.append("lean") or x)
+    monkeypatch.setattr(batched, "batched_full_attention", lambda layer, x: calls.append("batched") or x)
+    layer = AttGConv("p4", 2, 2, 3, lifting=False)  # auto, chosen after the patches
+    layer(torch.zeros(1, 2, 4, 5, 5))
+    layer(torch.zeros(1, 2, 4, 5, 5, device="meta"))
+    assert calls == ["lean", "batched"]
 
 
 def test_a_p4cnn_lean_equals_reference_end_to_end():

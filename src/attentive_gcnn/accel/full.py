@@ -198,7 +198,7 @@ def _spatial_kernels(layer, plan: Plan) -> Tensor:
     same function as its ``from_stats``, faster on CPUs). The mean's kernels carry the channel mean's 1 / Ci, so that
     the statistic is the channel sum ``G_l``; with ``plan.single`` the two kernels are summed (S = 1)."""
     bank = layer.spatial_attention.transformed_weight().permute(3, 0, 1, 2, 4, 5)  # [n_in, Co, H, 2, k, k]
-    bank = bank * bank.new_tensor([1.0 / layer.in_channels, 1.0]).view(2, 1, 1)
+    bank = torch.cat((bank[..., :1, :, :] * (1.0 / layer.in_channels), bank[..., 1:, :, :]), dim=-3)
     return bank.sum(dim=3, keepdim=True) if plan.single else bank
 
 
@@ -228,11 +228,9 @@ class ConvGeometry:
         outs = torch.arange(out_len, device=like.device)[None, :] * self.stride
         rows = (taps + outs - self.padding).flatten()  # the input position of (tap, output)
         indicator = torch.zeros(k, in_len, dtype=like.dtype, device=like.device)
-        keep = (rows >= 0) & (rows < in_len)
-        tap_of = torch.arange(k, device=like.device).repeat_interleave(out_len)
-        indicator.index_put_(
-            (tap_of[keep], rows[keep]), torch.ones((), dtype=like.dtype, device=like.device), accumulate=True
-        )
+        inside = ((rows >= 0) & (rows < in_len)).to(like.dtype)  # padding adds 0 (no boolean mask: no sync)
+        tap_of = torch.arange(k, device=like.device)[:, None].expand(k, out_len).flatten()
+        indicator.index_put_((tap_of, rows.clamp(0, in_len - 1)), inside, accumulate=True)
         return indicator
 
     @property

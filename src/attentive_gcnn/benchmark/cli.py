@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from attentive_gcnn.accel import allocator
-from attentive_gcnn.benchmark import worker
+from attentive_gcnn.benchmark import counts, worker
 from attentive_gcnn.benchmark.report import HEADER, format_line, markdown_report
 from attentive_gcnn.benchmark.selection import (
     PLAIN,
@@ -64,6 +64,16 @@ def build_parser(prog: str = "bench.py", description: str | None = None) -> argp
     parser.add_argument(
         "--compile", action="store_true", help="run every model under torch.compile (compiled in the warm-up)"
     )
+    parser.add_argument(
+        "--count",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="B",
+        help="instead of timing: count kernel launches, host syncs and peak memory of a training step on the meta "
+        f"device at these batch sizes (default {' '.join(map(str, counts.DEFAULT_COUNT_BATCHES))}; default models "
+        f"{' '.join(counts.DEFAULT_COUNT_MODELS)})",
+    )
     parser.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="also write a Markdown report")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --markdown file")
     return parser
@@ -75,7 +85,7 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
         return worker.main(argv)
     parser = build_parser(Path(prog).name, description)
     args = parser.parse_args(argv)
-    names = args.models or DEFAULT_MODELS
+    names = args.models or (counts.DEFAULT_COUNT_MODELS if args.count is not None else DEFAULT_MODELS)
     known = bench_model_names()
     try:
         unknown = [n for n in names if split_variant(n)[0] not in known]
@@ -99,6 +109,10 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
         parser.error(str(e))
     if args.markdown is not None and args.markdown.exists() and not args.force:
         parser.error(f"{args.markdown} exists; pass --force to overwrite it")
+    if args.count is not None:
+        if any(b < 1 for b in args.count):
+            parser.error("--count: batch sizes must be positive")
+        return _count(names, args.count or counts.DEFAULT_COUNT_BATCHES, overrides, args.markdown, prog, argv)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -159,3 +173,22 @@ def main(argv: list[str] | None = None, prog: str = "scripts/bench.py", descript
         args.markdown.write_text(text)
         print(f"wrote {args.markdown}")
     return 0 if all(run.result is not None for run in runs) else 1
+
+
+def _count(names, batches, overrides, markdown, prog, argv) -> int:
+    """``--count``: every model at every batch size, on the meta device; exits 1 if a target fails."""
+    print("name batch launches syncs peak_gib", flush=True)
+    done = []
+    for name in names:
+        for batch in batches:
+            done.append(counts.count(name, batch, overrides[name]))
+            print(counts.format_count(done[-1]), flush=True)
+    rows = counts.target_rows(done)
+    print()
+    for what, value, target, verdict in rows:
+        print(f"{what}: {value} (target {target}) {verdict}")
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(counts.markdown(done, rows, shlex.join(["python", prog, *argv])))
+        print(f"wrote {markdown}")
+    return 0 if all(verdict == "PASS" for *_, verdict in rows) else 1

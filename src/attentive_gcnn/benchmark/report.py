@@ -55,6 +55,8 @@ def machine_description(device: str, threads: int, command: str) -> list[str]:
     ]
     if device == "cuda":
         lines.append(f"- device: cuda, {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
+    elif device == "meta":
+        lines.append("- device: meta (shapes only: nothing is computed, so the machine does not matter)")
     else:
         from attentive_gcnn.accel.native import SOURCES, cpu_kernels
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +20,8 @@ class AllCNNC(nn.Module):
     With attention every conv c1..c9 carries it (c1 with ``first_ratio``).
 
     Args:
-        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.
+        group, attention, wscale, init and, by keyword, the other :class:`LayerKit` fields (haar, combine,
+            attention_impl, attention_memory_gib): see :class:`LayerKit`.
         channels: (C1, C2), e.g. (96, 192) z2, (48, 96) p4, (32, 64) p4m.
         ratio, first_ratio, spatial_kernel: attention settings.
         stride2: the authors' layout for c3/c6 (3x3 stride-2 convs, no pool), **not** equivariant at 32x32.
@@ -40,12 +43,10 @@ class AllCNNC(nn.Module):
         stride2: bool = False,
         wscale: float = 0.035,
         init: str = "uniform_fan_in",
-        haar: bool = True,
-        combine: str = "one_minus_product",
-        attention_impl: str = "lean",
+        **kit: Any,
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
+        kit = LayerKit(group, attention, wscale=wscale, init=init, **kit)
         c1, c2 = channels
         att = dict(ratio=ratio, spatial_kernel=spatial_kernel)
         down = dict(stride=2 if stride2 else 1, padding=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from collections.abc import Sequence
 
@@ -32,7 +34,8 @@ class DenseNet(nn.Module):
     mean over (H, X, Y). Maps 94, 92, 46, 44, 22, 20, 10, 8, 4, 2. All convs valid.
 
     Args:
-        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.(He init: wscale sqrt 2).
+        group, attention, wscale, init and, by keyword, the other :class:`LayerKit` fields (haar, combine,
+            attention_impl, attention_memory_gib): see :class:`LayerKit` (He init: wscale sqrt 2).
         growth: n (26 z2, 13 p4, 9 p4m).
         first_dilation, block_kernels, block_dilations, trans_dilations, head_kernel: the alpha-F spatial
             attention kernels and dilations ("dilated kernels everywhere"; padding d * (k // 2)).
@@ -53,12 +56,10 @@ class DenseNet(nn.Module):
         head_kernel: int = 3,
         wscale: float = math.sqrt(2.0),
         init: str = "uniform_fan_in",
-        haar: bool = True,
-        combine: str = "one_minus_product",
-        attention_impl: str = "lean",
+        **kit: Any,
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
+        kit = LayerKit(group, attention, wscale=wscale, init=init, **kit)
         n = growth
         self.c1 = kit.conv(3, n, 3, lifting=True, ratio=1, spatial_dilation=first_dilation)
         self.block_layers = nn.ModuleList(

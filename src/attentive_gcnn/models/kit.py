@@ -36,9 +36,13 @@ class LayerKit:
             kernels use ``wscale`` with the uniform fan-in rule.
         haar: apply the Haar factors of the authors' code (``haar=code_exact``); False drops them.
         combine: how attention weights its input (see :func:`attentive_gcnn.nn.attend`).
-        attention_impl: how attention is computed: ``lean`` (full attention without all intermediate responses
-            at once, :mod:`attentive_gcnn.accel.full`; alpha-F as one autograd node,
-            :mod:`attentive_gcnn.accel.feature`) or ``reference`` (op by op); the same function.
+        attention_impl: how attention is computed, always the same function (:data:`attentive_gcnn.accel.IMPLS`):
+            ``auto`` (default: ``lean`` on a CPU, ``batched`` on a GPU), ``lean`` (the CPU form: full attention
+            without all intermediate responses at once, :mod:`attentive_gcnn.accel.full`; alpha-F as one autograd
+            node, :mod:`attentive_gcnn.accel.feature`), ``batched`` (the GPU form, :mod:`attentive_gcnn.accel.batched`)
+            or ``reference`` (op by op).
+        attention_memory_gib: GiB of device memory the batched full attention may use per layer (None: half of
+            the free device memory; see :mod:`attentive_gcnn.accel.batched`).
     """
 
     group: str | Group = "p4"
@@ -47,12 +51,15 @@ class LayerKit:
     init: str = "uniform_fan_in"
     haar: bool = True
     combine: str = "one_minus_product"
-    attention_impl: str = "lean"
+    attention_impl: str = "auto"
+    attention_memory_gib: float | None = None
 
     def __post_init__(self) -> None:
         self.group = get_group(self.group)
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention {self.attention!r}; choose one of {sorted(ATTENTION_KINDS)}")
+        if self.attention_memory_gib is not None and not self.attention_memory_gib > 0:
+            raise ValueError(f"attention_memory_gib must be positive, got {self.attention_memory_gib!r}")
 
     def conv(
         self,
@@ -76,6 +83,8 @@ class LayerKit:
             kw |= dict(combine=self.combine) | fixed
         if cls in (AttGConv, FAttGConv):
             kw["impl"] = self.attention_impl
+        if cls is AttGConv and self.attention_memory_gib is not None:
+            kw["memory_budget"] = int(self.attention_memory_gib * 2**30)
         return cls(self.group, in_channels, out_channels, kernel_size, lifting=lifting, **kw)
 
     def bn(self, channels: int) -> GroupBatchNorm:

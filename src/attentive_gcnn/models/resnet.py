@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 import torch
@@ -42,7 +44,8 @@ class ResNet44(nn.Module):
     downsamples); head: BN -> ReLU -> global average pool -> 1x1 conv -> mean over H.
 
     Args:
-        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.(He init: wscale sqrt 2).
+        group, attention, wscale, init and, by keyword, the other :class:`LayerKit` fields (haar, combine,
+            attention_impl, attention_memory_gib): see :class:`LayerKit` (He init: wscale sqrt 2).
         channels: per stage, (32, 64, 128) z2 or (11, 23, 45) p4m.
         blocks: blocks per stage.
         spatial_kernel: attention kernel. Channel attention: ratio 1 on the image, Ci // 2 elsewhere.
@@ -60,12 +63,10 @@ class ResNet44(nn.Module):
         spatial_kernel: int = 7,
         wscale: float = math.sqrt(2.0),
         init: str = "uniform_fan_in",
-        haar: bool = True,
-        combine: str = "one_minus_product",
-        attention_impl: str = "lean",
+        **kit: Any,
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
+        kit = LayerKit(group, attention, wscale=wscale, init=init, **kit)
         self.c1 = kit.conv(3, channels[0], 3, lifting=True, padding=1, ratio=1, spatial_kernel=spatial_kernel)
         stages, width = [], channels[0]
         for s, out in enumerate(channels):

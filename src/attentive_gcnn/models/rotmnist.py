@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -17,7 +19,8 @@ class RotMNISTNet(nn.Module):
     conv c1..c7 carries it; c1 uses ``first_ratio`` and ``first_spatial_dilation`` (alpha-F: 4, padding 12).
 
     Args:
-        group, attention, wscale, init, haar, combine, attention_impl: see :class:`LayerKit`.
+        group, attention, wscale, init and, by keyword, the other :class:`LayerKit` fields (haar, combine,
+            attention_impl, attention_memory_gib): see :class:`LayerKit`.
         channels: width C of every hidden layer (10 for P4CNN, 20 for Z2CNN).
         ratio, first_ratio: channel-attention reduction of c2..c7 and of c1.
         spatial_kernel, first_spatial_dilation: spatial-attention kernel; dilation of c1's spatial attention.
@@ -39,12 +42,10 @@ class RotMNISTNet(nn.Module):
         dropout: float = 0.3,
         wscale: float = 1.0,
         init: str = "uniform_fan_in",
-        haar: bool = True,
-        combine: str = "one_minus_product",
-        attention_impl: str = "lean",
+        **kit: Any,
     ) -> None:
         super().__init__()
-        kit = LayerKit(group, attention, wscale, init, haar, combine, attention_impl)
+        kit = LayerKit(group, attention, wscale=wscale, init=init, **kit)
         att = dict(ratio=ratio, spatial_kernel=spatial_kernel)
         self.c1 = kit.conv(1, channels, 3, lifting=True, ratio=first_ratio, spatial_kernel=spatial_kernel,
                            spatial_dilation=first_spatial_dilation)  # fmt: skip

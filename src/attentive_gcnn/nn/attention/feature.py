@@ -101,7 +101,7 @@ class FeatureSpatialAttention(ChoosesImpl, KeepsMap, GConv):
         pool_channels: bool = True,
         wscale: float = 1.0,
         haar: bool = True,
-        impl: str = "lean",
+        impl: str = "auto",
     ):
         super().__init__(
             group,
@@ -169,7 +169,7 @@ class FAttGConv(ChoosesImpl, GConv):
         combine: str = "one_minus_product",
         wscale: float = 1.0,
         haar: bool = True,
-        impl: str = "lean",
+        impl: str = "auto",
         **conv_kw,
     ):
         super().__init__(

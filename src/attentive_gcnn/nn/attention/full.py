@@ -121,17 +121,18 @@ class FullSpatialAttention(KeepsMap, nn.Module):
     def forward(self, g: Tensor) -> Tensor:
         return self.keep(self.from_stats(torch.stack((g.mean(dim=3), g.amax(dim=3)), dim=4)))
 
-    def transformed_weight(self) -> Tensor:
-        """The transformed kernels ``L_{h_j} phi``, ``[Co, |H|, 2, n_in, k, k]``: plane (o, j, l) gets
-        ``[o, j, :, l]``."""
-        co, k = self.weight.shape[0], self.kernel_size
-        return transformed_filters(self.weight.reshape(co, 2, self.n_in, k, k), self.group, self.index)
+    def transformed_weight(self, o: slice = slice(None)) -> Tensor:
+        """The transformed kernels ``L_{h_j} phi`` of the output channels ``o``, ``[Co', |H|, 2, n_in, k, k]``:
+        plane (o, j, l) gets ``[o, j, :, l]``."""
+        weight, k = self.weight[o], self.kernel_size
+        return transformed_filters(weight.reshape(weight.shape[0], 2, self.n_in, k, k), self.group, self.index)
 
-    def from_stats(self, stats: Tensor) -> Tensor:
-        """``stats [B, Co, |H|, n_in, 2, X, Y]`` (mean, max over c) -> ``[B, Co, |H|, 1, n_in, X, Y]``."""
+    def from_stats(self, stats: Tensor, o: slice = slice(None)) -> Tensor:
+        """``stats [B, Co', |H|, n_in, 2, X, Y]`` (mean, max over c) of the output channels ``o`` -> ``[B, Co', |H|,
+        1, n_in, X, Y]``."""
         b, co, n_h, n_in, _, x, y = stats.shape
         k, d = self.kernel_size, self.dilation
-        bank = self.transformed_weight().transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
+        bank = self.transformed_weight(o).transpose(2, 3).reshape(co * n_h * n_in, 2, k, k)  # [(o, j, l), stat, k, k]
         stats = stats.reshape(b, co * n_h * n_in * 2, x, y)
         logits = F.conv2d(stats, bank, padding=d * (k // 2), dilation=d, groups=co * n_h * n_in)
         return torch.sigmoid(logits.view(b, co, n_h, 1, n_in, *logits.shape[-2:]))
@@ -158,8 +159,12 @@ class AttGConv(ChoosesImpl, GConv):
 
     Args (besides :class:`GConv`'s): ratio (channel MLP reduction, hidden = Ci // ratio), spatial_kernel,
     spatial_dilation, combine (see :func:`attend`). Attention kernels use the conv's ``wscale``.
-    impl: ``lean`` (default; :mod:`attentive_gcnn.accel.full`, never holds all of ``ft``) or ``reference``
-    (:func:`full_attention`); the same function. The lean computation's memory and speed are set by:
+    impl: how the forward computes the layer (:data:`attentive_gcnn.accel.IMPLS`), always the same function:
+    ``auto`` (default: ``lean`` on a CPU, ``batched`` elsewhere), ``lean`` (:mod:`attentive_gcnn.accel.full`,
+    never holds all of ``ft``; fastest on CPUs), ``batched`` (:mod:`attentive_gcnn.accel.batched`, the reference's
+    ops over chunks of output channels sized by a memory budget; for GPUs) or ``reference`` (:func:`full_attention`).
+    memory_budget: bytes the ``batched`` form may use (None: from the device, see :mod:`attentive_gcnn.accel.batched`).
+    The lean computation's memory and speed are set by:
     chunk_elements: without the fused kernels, ``ft`` is built (without autograd, for its arg-maxes) for chunks of
     output channels of at most this many values, or one channel.
     attend_chunk_elements: the differentiable part runs over chunks of output channels whose per-orientation
@@ -187,7 +192,8 @@ class AttGConv(ChoosesImpl, GConv):
         combine: str = "one_minus_product",
         wscale: float = 1.0,
         haar: bool = True,
-        impl: str = "lean",
+        impl: str = "auto",
+        memory_budget: int | None = None,
         chunk_elements: int = 2**22,
         attend_chunk_elements: int = 2**22,
         recompute_stats: bool = False,
@@ -197,7 +203,7 @@ class AttGConv(ChoosesImpl, GConv):
             group, in_channels, out_channels, kernel_size, lifting=lifting, wscale=wscale, haar=haar, **conv_kw
         )
         self.scale = 1.0 if (lifting or not haar) else 2 * math.pi / self.group.order
-        self.combine, self.impl = combine, impl
+        self.combine, self.memory_budget = combine, memory_budget
         self.chunk_elements, self.attend_chunk_elements = chunk_elements, attend_chunk_elements
         self.recompute_stats = recompute_stats
         self.channel_attention = (
@@ -208,6 +214,7 @@ class AttGConv(ChoosesImpl, GConv):
             if spatial
             else None
         )
+        self.impl = impl
 
     def choose_impl(self, impl: str) -> None:
         self._compute = accel.implementation("full_attention", impl, full_attention)
