@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from attentive_gcnn.accel import batched
+from attentive_gcnn.models import build
 from attentive_gcnn.nn import AttGConv
 from tests.conftest import GROUPS, rel_err
 
@@ -75,3 +76,23 @@ def test_plans_are_cached():
     layer(torch.randn(1, 2, 4, 6, 6))
     layer(torch.randn(1, 2, 4, 6, 6))
     assert batched._plan.cache_info().misses == 1 and batched._plan.cache_info().hits == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_batched_trains_under_autocast(dtype):
+    """The GPU path under autocast (float16 is what CUDA's autocast gives it): finite gradients close to float32's."""
+    from tests.test_amp import MIN_GRAD_COSINE, step_grads
+
+    torch.manual_seed(0)
+    model = build("a_p4cnn", attention_impl="batched")
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([0, 1])
+    for module in model.modules():  # batch statistics as running statistics (see tests/test_amp.py)
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()
+    reference, got = step_grads(model, x, y, None), step_grads(model, x, y, dtype)
+    assert all(torch.isfinite(g).all() for g in got.values())
+    flat = [torch.cat([d[k].flatten().double() for k in reference]) for d in (reference, got)]
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > MIN_GRAD_COSINE
