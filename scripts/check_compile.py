@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown is not None:
         command = " ".join(["python", "scripts/check_compile.py", *(argv if argv is not None else sys.argv[1:])])
         lines = ["# Graphs and graph breaks under torch.compile (torch._dynamo.explain, training mode)", ""]
-        lines += machine_description("cpu", torch.get_num_threads(), command)
+        lines += machine_description("cpu", torch.get_num_threads(), command, kernels=False)
         lines += ["", "| model | graphs | graph breaks | reasons |", "|---|---:|---:|---|"]
         lines += [f"| `{n}` | {g} | {b} | {'; '.join(r)} |" for n, g, b, r in rows]
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def machine_description(device: str, threads: int, command: str) -> list[str]:
-    """Markdown bullet lines: the machine, the software and the exact command."""
+def machine_description(device: str, threads: int, command: str, kernels: bool = True) -> list[str]:
+    """Markdown bullet lines: the machine, the software and the exact command (on a CPU with ``kernels``, whether
+    the native kernels are built: loading them builds them if needed)."""
     lines = [
         f"- command: `{command}`",
         f"- git: `{git_line()}`",
@@ -57,6 +58,8 @@ def machine_description(device: str, threads: int, command: str) -> list[str]:
         lines.append(f"- device: cuda, {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
     elif device == "meta":
         lines.append("- device: meta (shapes only: nothing is computed, so the machine does not matter)")
+    elif not kernels:
+        lines.append(f"- device: {device}")
     else:
         from attentive_gcnn.accel.native import SOURCES, cpu_kernels
 
