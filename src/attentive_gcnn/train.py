@@ -33,7 +33,7 @@ from attentive_gcnn.models.registry import build_from_config
 from attentive_gcnn.rotations import RotationTTA
 from attentive_gcnn.training.checks import check_fits
 from attentive_gcnn.training.device import compiled, pick_device
-from attentive_gcnn.training.loop import Trainer
+from attentive_gcnn.training.loop import CHECK_EVERY, Trainer, build_optimizer
 from attentive_gcnn.training.rundir import BEST, LAST, METRICS, SUMMARY, prepare_run_dir
 from attentive_gcnn.training.runlog import MetricsCSV
 from attentive_gcnn.training.seeding import epoch_seed, seed_everything
@@ -131,11 +131,14 @@ class Run:
         check_fits(self.model, cfg.model.name, self.source, cfg.dataset)
         self.splits = self.source.splits(cfg.protocol)
         self.model.to(self.device)
-        self.optimizer = instantiate(cfg.training.optimizer)(self.model.parameters())
+        self.optimizer = build_optimizer(instantiate(cfg.training.optimizer), self.model.parameters(), self.device)
         self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
         progress = show_progress(cfg.progress)
         module = compiled(self.model, cfg.get("compile", False), self.device)
-        self.trainer = Trainer(module, self.optimizer, self.device, amp=cfg.amp, progress=progress)
+        check_every = CHECK_EVERY if self.device.type == "cuda" else None  # a per-step check is free on a CPU
+        self.trainer = Trainer(
+            module, self.optimizer, self.device, amp=cfg.amp, progress=progress, check_every=check_every
+        )
         self.mirror = instantiate(cfg.logger)
         self.metrics = MetricsCSV(run_dir / METRICS)
         self.epoch, self.elapsed, self.run_id = 0, 0.0, None
@@ -163,10 +166,10 @@ class Run:
         ckpt = load_checkpoint(self.run_dir / LAST)
         check_resumable(ckpt.get("config", {}), self.config)
         self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.trainer.load_optimizer_state(ckpt["optimizer"])  # with this run's kernels (fused on CUDA)
         if self.scheduler and ckpt["scheduler"]:
             self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.trainer.scaler.load_state_dict(ckpt["scaler"])
+        self.trainer.load_scaler_state(ckpt.get("scaler"))  # {} from a disabled scaler (a CPU run) is skipped
         self.epoch, self.best, self.elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed_s"]
         self.run_id = ckpt.get("run_id")
         self.metrics.truncate(self.epoch)
