@@ -469,7 +469,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path):
     before = (tmp_path / "run" / "metrics.csv").read_text()
     with pytest.raises(ConfigError, match="already holds a run"):
         train(compose_cfg(*base, "training.epochs=1", "seed=3"), tmp_path / "run")
-    with pytest.raises(ConfigError, match="last.ckpt does not exist"):
+    with pytest.raises(ConfigError, match="holds no run to continue"):
         train(compose_cfg(*base, "resume=true"), tmp_path / "fresh")
     assert (tmp_path / "run" / "metrics.csv").read_text() == before
 

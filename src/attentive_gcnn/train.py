@@ -11,15 +11,21 @@ what it shares with the other modules (device, checks, seeds, loops, run files, 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import os
+import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,15 +34,17 @@ from attentive_gcnn.checkpoint import load_checkpoint, load_model_checkpoint, sa
 from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.data import make_loader, make_source
 from attentive_gcnn.errors import ConfigError, NonFiniteLossError, UserError
+from attentive_gcnn.hydra_checks import record_failed_job
 from attentive_gcnn.models.kit import count_parameters
 from attentive_gcnn.models.registry import build_from_config
 from attentive_gcnn.rotations import RotationTTA
 from attentive_gcnn.training.checks import check_fits
 from attentive_gcnn.training.device import compiled, pick_device
 from attentive_gcnn.training.loop import CHECK_EVERY, Trainer, build_optimizer
-from attentive_gcnn.training.rundir import BEST, LAST, METRICS, SUMMARY, prepare_run_dir
+from attentive_gcnn.training.rundir import BEST, LAST, LOG, METRICS, SUMMARY, RunDirClaim, prepare_run_dir
 from attentive_gcnn.training.runlog import MetricsCSV
 from attentive_gcnn.training.seeding import epoch_seed, seed_everything
+from attentive_gcnn.training.signals import RunInterrupted, critical, stop_on_signals
 from attentive_gcnn.training.summary import error_percent, run_summary, write_summary
 
 log = logging.getLogger("attentive_gcnn.train")
@@ -163,7 +171,7 @@ class Run:
         save_checkpoint(self.run_dir / LAST, self._payload(**state), overwrite=True)
 
     def restore(self) -> None:
-        ckpt = load_checkpoint(self.run_dir / LAST)
+        ckpt = read_last(self.run_dir)
         check_resumable(ckpt.get("config", {}), self.config)
         self.model.load_state_dict(ckpt["state_dict"])
         self.trainer.load_optimizer_state(ckpt["optimizer"])  # with this run's kernels (fused on CUDA)
@@ -194,20 +202,23 @@ class Run:
             t1 = time.perf_counter()
             sel_loss, sel_acc = self.trainer.evaluate(select_loader, desc=splits.select_name)
             t2 = time.perf_counter()
+            check_finite(sel_loss, splits.select_name, f"epoch {epoch}")  # never a selected epoch
             if self.scheduler is not None:
                 monitor = {"select_accuracy": sel_acc, "select_loss": sel_loss}
                 key = cfg.training.scheduler_monitor
                 self.scheduler.step(monitor[key]) if key else self.scheduler.step()
             self.epoch, self.elapsed = epoch, self.elapsed + (t2 - t0)
-            if sel_acc > self.best["accuracy"]:  # strict: ties keep the earlier epoch, as in the authors' code
-                state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-                self.best = {"epoch": epoch, "accuracy": sel_acc, "state_dict": state}
-                save_checkpoint(self.run_dir / BEST, self._payload(state_dict=state, epoch=epoch), overwrite=True)
-            self.metrics.append(
-                dict(epoch=epoch, split="train", loss=train_loss, accuracy=train_acc, lr=lr, time_s=t1 - t0),
-                dict(epoch=epoch, split=splits.select_name, loss=sel_loss, accuracy=sel_acc, lr=lr, time_s=t2 - t1),
-            )
-            self.save_last()
+            with critical():  # a stopping signal waits until the epoch's files are written
+                if sel_acc > self.best["accuracy"]:  # strict: ties keep the earlier epoch, as the authors' code
+                    state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                    self.best = {"epoch": epoch, "accuracy": sel_acc, "state_dict": state}
+                    payload = self._payload(state_dict=state, epoch=epoch)
+                    save_checkpoint(self.run_dir / BEST, payload, overwrite=True)
+                self.metrics.append(
+                    dict(epoch=epoch, split="train", loss=train_loss, accuracy=train_acc, lr=lr, time_s=t1 - t0),
+                    dict(epoch=epoch, split=splits.select_name, loss=sel_loss, accuracy=sel_acc, lr=lr, time_s=t2 - t1),
+                )
+                self.save_last()
             self.mirror.log(
                 epoch,
                 {
@@ -237,6 +248,8 @@ class Run:
             self.model.load_state_dict(self.best["state_dict"])
             test_loss, test_acc = self.trainer.evaluate(test_loader, desc="test (best)")
         t2 = time.perf_counter()
+        check_finite(last_loss, "test", f"the last epoch ({self.epoch})")
+        check_finite(test_loss, "test", f"the selected epoch ({self.best['epoch']})")
         self.elapsed += t2 - t0
         lr = self.lr()
         self.metrics.rows = [r for r in self.metrics.rows if r["split"] not in ("test_last", "test_best")]
@@ -267,31 +280,107 @@ class Run:
         summary = run_summary(
             "train", about, test_loss, test_acc, details, splits.normalization, self.elapsed, self.device, self.config
         )
-        write_summary(self.run_dir, summary)
+        with critical():
+            write_summary(self.run_dir, summary)
         return summary
+
+
+def check_finite(loss: float, split: str, when: str) -> None:
+    """A NaN or infinite evaluation loss is an error (the weights give non-finite outputs), never a result."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"the {split} loss is {loss} at {when}: the weights give non-finite outputs")
+
+
+@contextlib.contextmanager
+def accepted_run(cfg: DictConfig, run_dir: Path, resume) -> Iterator[bool]:
+    """Claim ``run_dir`` and accept the run there (:mod:`attentive_gcnn.training.rundir`); only then record the
+    command (``.hydra/``, as Hydra would) and log to ``train.log``. Yields whether the run continues from its
+    ``last.ckpt``. A refused run writes nothing into the directory; an error of an accepted run is logged there."""
+    with RunDirClaim(run_dir):
+        resume = prepare_run_dir(run_dir, resume)
+        if resume:
+            check_resumable(saved_config(run_dir), resolved(cfg))
+        record_invocation(cfg, run_dir)
+        handler = logging.FileHandler(run_dir / LOG, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+        logging.getLogger().addHandler(handler)
+        try:
+            yield resume
+        except UserError as e:
+            log.error(f"error: {e}")
+            e.logged = True
+            raise
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def record_invocation(cfg: DictConfig, run_dir: Path) -> None:
+    """Under Hydra, ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` of this command (Hydra's own
+    record, which ``configs/train.yaml`` turns off so that a refused command cannot rewrite another run's)."""
+    if not HydraConfig.initialized():
+        return
+    record = run_dir / ".hydra"
+    record.mkdir(exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(cfg, record / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+
+
+def saved_config(run_dir: Path) -> dict:
+    """The resolved config of the run in ``run_dir``: its summary's, else its ``last.ckpt``'s."""
+    if (run_dir / SUMMARY).exists():
+        return _read_summary(run_dir).get("config", {})
+    return read_last(run_dir).get("config", {})
+
+
+def read_last(run_dir: Path) -> dict:
+    """``last.ckpt`` of ``run_dir``; ConfigError where it is damaged."""
+    try:
+        return load_checkpoint(run_dir / LAST)
+    except ValueError as e:
+        raise ConfigError(f"{e}; the run cannot continue from it (move it away to start over)") from None
+
+
+def _read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{run_dir / SUMMARY} is damaged ({e}); move it away to continue the run") from None
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Fit (or resume) the configured run in ``run_dir``; returns the summary.
 
     ``resume``: false (a fresh run; the directory must not hold one), true (continue from ``last.ckpt``) or auto
-    (continue if ``last.ckpt`` exists, otherwise start; what `make reproduce` uses to skip finished runs).
+    (continue if ``last.ckpt`` exists, otherwise start; what `make reproduce` uses to skip finished runs). A run
+    that stopped before its first checkpoint is started over by any of them. Continuing a finished run to more
+    epochs keeps its summary as ``summary_epochs<N>.json``.
     """
-    auto = cfg.resume == "auto"
-    resume = (run_dir / LAST).exists() if auto else bool(cfg.resume)
-    prepare_run_dir(run_dir, resume, restart_ok=auto)
-    if resume and (run_dir / SUMMARY).exists():
-        import json
+    with accepted_run(cfg, run_dir, cfg.resume) as resume:
+        return _train(cfg, run_dir, resume)
 
-        done = json.loads((run_dir / SUMMARY).read_text())
+
+def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
+    if resume and (run_dir / SUMMARY).exists():
+        done = _read_summary(run_dir)
         if done.get("status") == "complete" and done.get("epochs", 0) >= cfg.training.epochs:
             log.info(f"{run_dir} is already complete; nothing to do")
             return done
+        # a longer run than the finished one: keep that result beside the run, which is in progress again
+        kept = run_dir / f"summary_epochs{done.get('epochs', 'unknown')}.json"
+        os.replace(run_dir / SUMMARY, kept)
+        log.info(f"continuing the finished run to {cfg.training.epochs} epochs; its summary is kept as {kept.name}")
     run = Run(cfg, run_dir)
     if resume:
         run.restore()
+        if run.epoch > cfg.training.epochs:
+            raise ConfigError(
+                f"{run_dir} has trained {run.epoch} epochs; training.epochs={cfg.training.epochs} cannot shorten it"
+            )
     else:
-        run.metrics.truncate(0)  # resume=auto: rows of a run killed before its first checkpoint
+        run.metrics.truncate(0)  # the rows of a run that stopped before its first checkpoint
     failed = True
     try:
         run.run_id = run.mirror.start(run_dir, run.config, run.run_id)
@@ -324,7 +413,11 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     experiment=mini/z2cnn seed=0 ckpt_path=PATH eval_tta=4``; loss and accuracy are those of the averaged logits.
     ``name`` and ``seed`` are recorded as given, to place the evaluation beside the run the checkpoint came from.
     """
-    prepare_run_dir(run_dir, resume=False)
+    with accepted_run(cfg, run_dir, resume=False):
+        return _evaluate(cfg, run_dir)
+
+
+def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     path = Path(cfg.ckpt_path)
     model, ckpt = load_model_checkpoint(path)
     device = pick_device(cfg.device)
@@ -357,6 +450,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "tta": tta,
     }
     details = {"test_size": len(splits.test), "params": count_parameters(model)}
+    check_finite(loss, "test", f"checkpoint {path}")
     wall_time_s = time.perf_counter() - t0
     summary = run_summary("eval", about, loss, acc, details, splits.normalization, wall_time_s, device, resolved(cfg))
     write_summary(run_dir, summary)
@@ -365,15 +459,29 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entrypoint; returns the test error (%) so that sweeps can read it."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Hydra entrypoint; returns the test error (%) so that sweeps can read it.
+
+    An error the user must fix is one ``error:`` line: exit status 2, or in a sweep (``-m``) the job is recorded
+    as failed and the sweep goes on (:mod:`attentive_gcnn.hydra_checks` lists the failed jobs at its end and
+    exits 1). SIGINT or SIGTERM stops the run after its current file write and prints how to continue it.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     keep_freed_memory()  # fewer page faults per step on the CPU (attentive_gcnn.accel.allocator)
-    try:
-        check_options(cfg)
-        summary = evaluate(cfg, run_dir) if cfg.eval_only else train(cfg, run_dir)
-    except UserError as e:
-        log.error(f"error: {e}")
-        raise SystemExit(2) from None
+    with stop_on_signals():
+        try:
+            check_options(cfg)
+            summary = evaluate(cfg, run_dir) if cfg.eval_only else train(cfg, run_dir)
+        except RunInterrupted as e:
+            log.error(f"error: {e}; {how_to_continue(run_dir, list(hydra_cfg.overrides.task))}")
+            raise SystemExit(128 + e.signum) from None
+        except UserError as e:
+            if not getattr(e, "logged", False):
+                log.error(f"error: {e}")
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                record_failed_job(hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(e))
+                return None
+            raise SystemExit(2) from None
     what = f"checkpoint {summary.get('checkpoint')}" if cfg.eval_only else f"{summary['model']}"
     if summary.get("tta"):
         what += f" with its logits averaged over {summary['tta']} rotations (eval_tta)"
@@ -381,6 +489,15 @@ def main(cfg: DictConfig) -> float | None:
     print(f"test error: {summary['test_error']:.2f} % ({what} on {summary['dataset']}, {n:,} test images)")
     print(f"logs: {run_dir}")
     return summary["test_error"]
+
+
+def how_to_continue(run_dir: Path, overrides: list[str]) -> str:
+    """The command that continues the stopped run in ``run_dir`` (or, before its first checkpoint, restarts it)."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    command = shlex.join(["python", "-m", "attentive_gcnn.train", *keep, "resume=true", f"hydra.run.dir={run_dir}"])
+    if (run_dir / LAST).exists():
+        return f"its files end at its last completed epoch; continue it with: {command}"
+    return f"it stopped before its first checkpoint; start it again with: {command}"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,7 +50,19 @@ def write_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write ``data`` as strict JSON (a NaN or infinite float becomes ``null``: never a bare ``NaN``)."""
+    return write_atomic(path, json.dumps(strict_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def strict_json(value):
+    """``value`` with every non-finite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 class MetricsCSV:
