@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import pickle
@@ -126,7 +127,7 @@ def test_rotmnist_amat_cache(tmp_path, monkeypatch):
     first = numpy_batch(RotMNIST(w.root, sizes=w.sizes).splits("clean").test)
     assert (w.root / rotmnist_module.AMAT_CACHE).is_file()
 
-    def no_parse(path):
+    def no_parse(*args):
         raise AssertionError("parsed although cached")
 
     monkeypatch.setattr(rotmnist_module, "_read_amat", no_parse)
@@ -465,6 +466,134 @@ def test_pcam_bad_files(tmp_path):
     w = write_pcam(tmp_path)
     with pytest.raises(DataError, match="12 images, expected 262144"):
         PCam(w.root)
+
+
+def replace_bytes(path: Path, old: bytes, new: bytes):
+    """Overwrite the first ``old`` in ``path`` with ``new`` (same length: the file keeps its size)."""
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new, 1))
+
+
+def test_non_finite_pixels_are_named_at_load(tmp_path):
+    w = write_rotmnist_npz(tmp_path / "npz")
+    x = w.arrays["test"][0].copy()
+    x[3, 0, 5, 7], x[4, 0, 0, 0], x[6, 0, 1, 1] = np.nan, np.nan, -np.inf
+    np.savez(w.root / "test.npz", data=x, labels=w.arrays["test"][1])
+    with pytest.raises(
+        DataError,
+        match=r"test\.npz \(test split\): 3 non-finite pixel values \(2 NaN, 1 inf\), the first in image 3 "
+        r"\(index \(3, 0, 5, 7\)",
+    ):
+        RotMNIST(w.root, sizes=w.sizes).splits("clean")
+    x = w.arrays["train_all"][0].astype(np.float64)
+    x[11, 0, 27, 27] = 1e300  # finite in the file, infinite as float32
+    np.savez(w.root / "train_all.npz", data=x, labels=w.arrays["train_all"][1])
+    with pytest.raises(
+        DataError, match=r"train_all\.npz \(train_all split\): 1 non-finite .*\(0 NaN, 1 inf\).*download_data"
+    ):
+        RotMNIST(w.root, sizes=w.sizes).splits("original")
+
+    w = write_amat(tmp_path)
+    path = w.root / rotmnist_module.AMAT["train_valid"]
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = "nan " + lines[2].split(maxsplit=1)[1]
+    path.write_text("".join(lines))
+    with pytest.raises(DataError, match=r"train_valid\.amat \(image k is on line k \+ 1\): 1 non-finite .* image 2 "):
+        RotMNIST(w.root, sizes=w.sizes).splits("clean")
+
+
+def test_constant_images_are_blamed_on_their_file_not_the_loss(tmp_path):
+    w = write_rotmnist_npz(tmp_path / "npz")
+    np.savez(w.root / "train.npz", data=np.full((10, 1, 28, 28), 0.5, np.float32), labels=w.arrays["train"][1])
+    src = RotMNIST(w.root, sizes=w.sizes)
+    with pytest.raises(DataError, match=r"train\.npz \(train split\): every pixel equals 0\.5 \(std 0\)"):
+        src.splits("clean")
+
+    w = write_mnist_raw(tmp_path / "raw", gz=True)
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        n = len(w.arrays["train" if name.startswith("train") else "test"][0])
+        (w.root / name).write_bytes(
+            gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, n, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(n * 784))
+        )
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte\.gz and .*t10k.* \(the train split rebuilt .*std 0.*mnist"
+    ):
+        source("rotmnist_from_mnist", tmp_path / "raw", sizes=w.sizes).splits("clean")
+
+
+def corrupt_gz(tmp_path):
+    w = write_mnist_raw(tmp_path, gz=True)
+    path = w.root / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    data[10] = 0xFF  # the first deflate block: a reserved block type
+    path.write_bytes(bytes(data))
+    return lambda: source("rotmnist_from_mnist", tmp_path, sizes=w.sizes).splits("clean")
+
+
+def corrupt_npz(tmp_path):
+    w = write_rotmnist_npz(tmp_path)
+    replace_bytes(w.root / "valid.npz", b"), }", b"),  ")  # an unclosed brace in the .npy header
+    return lambda: RotMNIST(w.root, sizes=w.sizes).splits("clean")
+
+
+def corrupt_pickle(tmp_path):
+    w = write_cifar10(tmp_path)
+    replace_bytes(w.root / "data_batch_4", b"latin1", b"lat1n1")  # numpy's bytes are pickled via _codecs.encode
+    return lambda: source("cifar10", tmp_path, **w.overrides).splits("clean")
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (corrupt_gz, r"t10k-images-idx3-ubyte\.gz: zlib\.error: .*invalid block type.*download_data\.py mnist"),
+        (corrupt_npz, r"valid\.npz: tokenize\.TokenError: .*download_data\.py rotmnist"),
+        (corrupt_pickle, r"data_batch_4: LookupError: unknown encoding.*download_data\.py cifar10"),
+    ],
+    ids=["gz-deflate", "npz-header", "pickle-encoding"],
+)
+def test_corrupt_files_raise_data_error_with_the_fix(tmp_path, corrupt, message):
+    load = corrupt(tmp_path)
+    with pytest.raises(DataError, match="cannot read .*" + message):
+        load()
+
+
+def test_amat_cache_is_keyed_on_content(tmp_path):
+    w = write_amat(tmp_path)
+    assert numpy_batch(RotMNIST(w.root, sizes=w.sizes).splits("clean").test)[1].tolist() == w.arrays["test"][1].tolist()
+    path = w.root / rotmnist_module.AMAT["test"]
+    before = path.stat()
+    path.write_text("".join(reversed(path.read_text().splitlines(keepends=True))))  # same size, new content
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    y = numpy_batch(RotMNIST(w.root, sizes=w.sizes).splits("clean").test)[1]
+    np.testing.assert_array_equal(y, w.arrays["test"][1][::-1])
+
+
+def test_npz_train_all_must_be_train_then_valid(tmp_path):
+    w = write_rotmnist_npz(tmp_path)
+    (x, y), (vx, vy) = w.arrays["train"], w.arrays["valid"]
+    np.savez(w.root / "train_all.npz", data=np.concatenate([vx, x]), labels=np.concatenate([vy, y]))  # same size
+    src = RotMNIST(w.root, sizes=w.sizes)
+    src.splits("clean")  # train_all is not read
+    with pytest.raises(DataError, match=r"train_all\.npz is not train\.npz followed by valid\.npz .* image 0 on"):
+        src.splits("original")
+    np.savez(w.root / "train_all.npz", data=np.concatenate([x, vx]), labels=np.concatenate([y, vy[::-1]]))
+    with pytest.raises(DataError, match=r"its labels differ from image 10 on"):
+        src.splits("original")
+
+
+def test_data_error_from_a_worker_keeps_its_own_message(tmp_path):
+    w = write_pcam(tmp_path)
+    train = source("pcam", tmp_path, sizes=w.sizes).splits("clean").train
+    truncate(w.root / "camelyonpatch_level_2_split_train_x.h5")  # after the split was opened: read by the workers
+    with pytest.raises(DataError) as here:
+        next(iter(make_loader(train, 4, shuffle=False, seed=0, num_workers=0)))
+    with pytest.raises(DataError) as there:
+        next(iter(make_loader(train, 4, shuffle=False, seed=0, num_workers=1)))
+    assert str(there.value) == str(here.value)
+    assert "Traceback" not in str(there.value) and "cannot read" in str(there.value)
+    assert str(pickle.loads(pickle.dumps(there.value))) == str(here.value)
 
 
 # ---------------------------------------------------------------- scripts

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from attentive_gcnn.data.arrays import ArrayDataset, Splits, check_protocol
-from attentive_gcnn.data.errors import DataError, check_labels, download_hint, require_files
+from attentive_gcnn.data.errors import (
+    DataError,
+    check_labels,
+    download_hint,
+    refetch_hint,
+    require_files,
+    unreadable,
+)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -51,25 +58,33 @@ def holdout_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 
-def _unpickle(path: Path) -> dict:
+# what unpickling a damaged file raises: a cut file (EOFError, UnpicklingError), bad opcodes or arguments
+# (UnpicklingError, TypeError, ValueError incl. UnicodeDecodeError, LookupError: an unknown encoding, a bad memo or
+# list index), a mangled module or class name (ImportError, AttributeError), absurd lengths (OverflowError,
+# MemoryError)
+_PICKLE_ERRORS = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, LookupError, AttributeError)
+_PICKLE_ERRORS += (ImportError, OverflowError, MemoryError)
+
+
+def _unpickle(path: Path, hint: str) -> dict:
     try:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    except _PICKLE_ERRORS as e:
+        raise unreadable(path, e, hint) from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}; {hint}")
     return obj
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, hint: str) -> tuple[np.ndarray, np.ndarray]:
     """A pickled batch -> (uint8 [N, 3, 32, 32], int64 [N])."""
-    obj = _unpickle(path)
+    obj = _unpickle(path, hint)
     if "data" not in obj or "labels" not in obj:
-        raise DataError(f"{path}: missing key 'data' or 'labels' (has {', '.join(map(str, obj))})")
+        raise DataError(f"{path}: missing key 'data' or 'labels' (has {', '.join(map(str, obj))}); {hint}")
     data = np.asarray(obj["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 [N, 3072]")
+        raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 [N, 3072]; {hint}")
     labels = check_labels(np.asarray(obj["labels"]), 10, str(path))
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
@@ -103,16 +118,17 @@ class CIFAR10:
         holdout_indices(self.sizes["train"], self.val_size, self.val_split_seed)  # validates val_size
         self.folder = self.root / FOLDER
         require_files(self.folder, FILES, download_hint("cifar10", self.root))
+        self.hint = refetch_hint("cifar10", self.root)
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if self._arrays is None:
-            meta = _unpickle(self.folder / "batches.meta")
+            meta = _unpickle(self.folder / "batches.meta", self.hint)
             if len(meta.get("label_names", ())) != 10:
-                raise DataError(f"{self.folder / 'batches.meta'}: expected 10 label_names")
-            parts = [_read_batch(self.folder / name) for name in TRAIN_FILES]
+                raise DataError(f"{self.folder / 'batches.meta'}: expected 10 label_names; {self.hint}")
+            parts = [_read_batch(self.folder / name, self.hint) for name in TRAIN_FILES]
             train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-            test = _read_batch(self.folder / "test_batch")
+            test = _read_batch(self.folder / "test_batch", self.hint)
             for split, arrays in (("train", train), ("test", test)):
                 if len(arrays[1]) != self.sizes[split]:
                     raise DataError(f"{self.folder}: {len(arrays[1])} {split} images, expected {self.sizes[split]}")

@@ -17,7 +17,14 @@ import torch
 from torch.utils.data import Dataset
 
 from attentive_gcnn.data.arrays import Splits, check_protocol, normalize_
-from attentive_gcnn.data.errors import DataError, check_labels, download_hint, require_files
+from attentive_gcnn.data.errors import (
+    DataError,
+    check_labels,
+    download_hint,
+    refetch_hint,
+    require_files,
+    unreadable,
+)
 
 MEAN = (0.701, 0.538, 0.692)
 STD = (0.235, 0.277, 0.213)
@@ -30,17 +37,19 @@ def file_name(split: str, kind: str) -> str:
     return f"camelyonpatch_level_2_split_{split}_{kind}.h5"
 
 
-def _inspect(path: Path, key: str, read: bool = False) -> tuple[tuple, np.dtype, np.ndarray | None]:
+# what h5py raises on a damaged file or dataset
+H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
+def _inspect(path: Path, key: str, hint: str, read: bool = False) -> tuple[tuple, np.dtype, np.ndarray | None]:
     """(shape, dtype, the data if ``read``) of dataset ``key`` in an h5 file; DataError if unreadable."""
     try:
         with h5py.File(path, "r") as f:
             if key not in f:
-                raise DataError(f"{path}: no dataset {key!r} (has {', '.join(f.keys())})")
+                raise DataError(f"{path}: no dataset {key!r} (has {', '.join(f.keys())}); {hint}")
             return f[key].shape, f[key].dtype, (f[key][()] if read else None)
-    except DataError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except H5_ERRORS as e:
+        raise unreadable(path, e, hint) from None
 
 
 class PCamSplit(Dataset):
@@ -51,8 +60,8 @@ class PCamSplit(Dataset):
     increasing fancy-index read, then restores the requested order (duplicates allowed).
     """
 
-    def __init__(self, x_path: Path, labels: np.ndarray, in_memory: bool = False):
-        self.x_path = Path(x_path)
+    def __init__(self, x_path: Path, labels: np.ndarray, in_memory: bool = False, hint: str = ""):
+        self.x_path, self.hint = Path(x_path), hint
         self.labels = torch.from_numpy(labels)
         self.mean = torch.tensor(MEAN, dtype=torch.float32).reshape(3, 1, 1)
         self.std = torch.tensor(STD, dtype=torch.float32).reshape(3, 1, 1)
@@ -63,8 +72,8 @@ class PCamSplit(Dataset):
         try:
             with h5py.File(self.x_path, "r") as f:
                 return f["x"][()]
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise DataError(f"cannot read {self.x_path}: {e}") from None
+        except H5_ERRORS as e:
+            raise unreadable(self.x_path, e, self.hint) from None
 
     def _images(self):
         if self._memory is not None:
@@ -88,8 +97,8 @@ class PCamSplit(Dataset):
         unique, inverse = np.unique(idx, return_inverse=True)
         try:
             x = self._images()[unique][inverse]  # [B, 96, 96, 3] uint8
-        except (OSError, ValueError, RuntimeError) as e:
-            raise DataError(f"cannot read {self.x_path}: {e}") from None
+        except H5_ERRORS as e:
+            raise unreadable(self.x_path, e, self.hint) from None
         x = torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float32).div_(255)
         return normalize_(x, self.mean, self.std), self.labels[torch.from_numpy(idx)]
 
@@ -112,6 +121,7 @@ class PCam:
             raise ValueError(f"sizes keys must be {', '.join(SIZES)}, got {', '.join(self.sizes)}")
         names = [file_name(s, k) for s in SIZES for k in ("x", "y")]
         hint = download_hint("pcam", self.root.parent)
+        self.hint = refetch_hint("pcam", self.root.parent)
         gz_only = [n for n in names if not (self.root / n).is_file() and (self.root / f"{n}.gz").is_file()]
         if gz_only:
             hint = f"decompress {', '.join(n + '.gz' for n in gz_only)} (gunzip -k), or {hint}"
@@ -120,10 +130,10 @@ class PCam:
 
     def _open(self, split: str, in_memory: bool) -> PCamSplit:
         x_path, y_path = self.root / file_name(split, "x"), self.root / file_name(split, "y")
-        x_shape, x_dtype, _ = _inspect(x_path, "x")
+        x_shape, x_dtype, _ = _inspect(x_path, "x", self.hint)
         if x_dtype != np.uint8 or tuple(x_shape[1:]) != SHAPE:
-            raise DataError(f"{x_path}: x is {x_dtype} {x_shape}, expected uint8 [N, 96, 96, 3]")
-        y_shape, _, y = _inspect(y_path, "y", read=True)
+            raise DataError(f"{x_path}: x is {x_dtype} {x_shape}, expected uint8 [N, 96, 96, 3]; {self.hint}")
+        y_shape, _, y = _inspect(y_path, "y", self.hint, read=True)
         if len(y_shape) == 0 or int(np.prod(y_shape[1:])) != 1:
             raise DataError(f"{y_path}: y has shape {y_shape}, expected [N, 1, 1, 1]")
         if x_shape[0] != y_shape[0]:
@@ -131,7 +141,7 @@ class PCam:
         if x_shape[0] != self.sizes[split]:
             raise DataError(f"{x_path}: {x_shape[0]} images, expected {self.sizes[split]} (a truncated file?)")
         labels = check_labels(np.asarray(y).reshape(-1), 2, str(y_path))
-        return PCamSplit(x_path, labels, in_memory)
+        return PCamSplit(x_path, labels, in_memory, self.hint)
 
     def splits(self, protocol: str) -> Splits:
         """Both protocols: fit on train, select on valid, report test."""

@@ -12,15 +12,28 @@ values. Under ``original`` that is train_all (12,000 images), as in the authors'
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from attentive_gcnn.data.arrays import ArrayDataset, Splits, check_protocol, scalar_stats
-from attentive_gcnn.data.errors import DataError, check_labels, download_hint, require_files, sha256_of
+from attentive_gcnn.data.errors import (
+    DataError,
+    check_finite,
+    check_labels,
+    check_stats,
+    download_hint,
+    refetch_hint,
+    require_files,
+    sha256_of,
+    unreadable,
+)
 from attentive_gcnn.data.rotation import rotate_images
 
 SIZES = {"train": 10000, "valid": 2000, "test": 50000}
@@ -30,6 +43,7 @@ AMAT = {
 }
 NPZ = {"train": "train.npz", "valid": "valid.npz", "train_all": "train_all.npz", "test": "test.npz"}
 AMAT_CACHE = "amat_parsed_cache.npz"
+AMAT_CACHE_KEYS = ("sha256", "train_valid_x", "train_valid_y", "test_x", "test_y")
 MNIST_RAW = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -39,6 +53,7 @@ MNIST_RAW = {
 MINI_FILE = Path(__file__).resolve().parent / "embedded" / "rotmnist_mini.npz"
 MINI_SHA256 = "a4bc7a9543eb15da2e0e2cdf795c371c098aa7e9a12a89cb6596f28447d95490"
 MINI_SPLITS = ("train", "valid", "test")
+MINI_HINT = "reinstall the package, or rebuild the file with scripts/build_rotmnist_mini.py"
 
 Arrays = tuple[np.ndarray, np.ndarray]  # images [N, 1, 28, 28], labels int64 [N]
 
@@ -66,23 +81,29 @@ def _check_count(n: int, expected: int, where: str) -> None:
 
 class _RotMNISTBase:
     """Shared protocol logic; subclasses implement ``_load(names) -> {name: (images, labels)}`` for names in
-    train, valid, test and (optionally) train_all."""
+    train, valid, test and train_all, ``_describe(name)`` and set ``hint`` (what to do about bad files)."""
 
     input_shape = (1, 28, 28)
     num_classes = 10
+    hint = ""
 
     def _load(self, names: tuple[str, ...]) -> dict[str, Arrays]:
+        raise NotImplementedError
+
+    def _describe(self, name: str) -> str:
+        """The file(s) split ``name`` comes from, and the split, for messages."""
         raise NotImplementedError
 
     def splits(self, protocol: str) -> Splits:
         """clean: fit train, select on valid, report test; original: fit train_all, select on and report test."""
         if check_protocol(protocol) == "clean":
-            arrays = self._load(("train", "valid", "test"))
+            fit_name, arrays = "train", self._load(("train", "valid", "test"))
             fit, select, select_name = arrays["train"], arrays["valid"], "valid"
         else:
-            arrays = self._load(("train_all", "test"))
+            fit_name, arrays = "train_all", self._load(("train_all", "test"))
             fit, select, select_name = arrays["train_all"], arrays["test"], "test"
         mean, std = scalar_stats(fit[0])
+        check_stats(mean, std, self._describe(fit_name), self.hint)
         test = ArrayDataset(*arrays["test"], [mean], [std])
         return Splits(
             train=ArrayDataset(*fit, [mean], [std]),
@@ -97,31 +118,37 @@ def _concat(a: Arrays, b: Arrays) -> Arrays:
     return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
 
 
-def _read_amat(path: Path) -> Arrays:
-    """Rows of 784 floats then the label -> (float32 [N, 1, 28, 28], int64 [N])."""
+def _read_amat(path: Path, hint: str) -> Arrays:
+    """Rows of 784 floats then the label -> (float32 [N, 1, 28, 28], int64 [N]); DataError if not finite."""
     try:
         rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, OSError) as e:  # numpy's message ends with advice on `usecols` that does not apply here
-        raise DataError(f"cannot parse {path}: {str(e).split(';')[0]} (truncated or corrupt?)") from None
+        raise DataError(f"cannot parse {path}: {str(e).split(';')[0]} (truncated or corrupt?); {hint}") from None
     if rows.shape[1] != 785:
-        raise DataError(f"{path}: rows have {rows.shape[1]} values, expected 785 (784 pixels and the label)")
-    if not np.all(np.isfinite(rows)):
-        raise DataError(f"{path}: contains non-finite values")
-    return _images(rows[:, :784].astype(np.float32), str(path)), check_labels(rows[:, 784], 10, str(path))
+        raise DataError(f"{path}: rows have {rows.shape[1]} values, expected 785 (784 pixels and the label); {hint}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported next
+        images = _images(rows[:, :784].astype(np.float32), str(path))
+    check_finite(images, f"{path} (image k is on line k + 1)", hint)
+    return images, check_labels(rows[:, 784], 10, str(path))
 
 
-def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+# what np.load raises on a damaged .npz: zip (BadZipFile, zlib.error, RuntimeError for an encrypted member,
+# NotImplementedError for an unknown compression), the .npy header (ValueError, SyntaxError, TypeError,
+# tokenize.TokenError), a cut file (EOFError), a shape too large to allocate (MemoryError)
+_NPZ_ERRORS = (OSError, EOFError, ValueError, SyntaxError, TypeError, KeyError, RuntimeError, MemoryError)
+_NPZ_ERRORS += (zipfile.BadZipFile, zlib.error, tokenize.TokenError)
+
+
+def _load_npz(path: Path, keys: tuple[str, ...], hint: str) -> dict[str, np.ndarray]:
     """The arrays ``keys`` of an ``.npz`` file; DataError if it is unreadable or lacks one."""
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f.files]
             if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files)})")
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(f.files)}); {hint}")
             return {k: f[k] for k in keys}
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except _NPZ_ERRORS as e:
+        raise unreadable(path, e, hint) from None
 
 
 class RotMNIST(_RotMNISTBase):
@@ -130,10 +157,11 @@ class RotMNIST(_RotMNISTBase):
     ``layout="amat"``: ``mnist_all_rotation_normalized_float_{train_valid,test}.amat`` (12,000 and 50,000 rows
     of 784 pixels then the label); train = the first 10,000 rows, valid = the last 2,000, train_all = all.
     Parsed arrays are cached in ``amat_parsed_cache.npz`` beside them when ``cache`` and the directory is
-    writable (refreshed when an ``.amat`` file's size or mtime changes). ``layout="npz"``: Cohen's conversion,
-    ``{train,valid,train_all,test}.npz`` with ``data`` [N, 1, 28, 28] or [N, 784] and ``labels`` [N].
-    ``layout="auto"`` takes the npz layout when all four files are there, else the amat files. ``sizes``
-    overrides the expected split sizes (tests use tiny files).
+    writable, keyed on the sha256 of both ``.amat`` files (so any change of content re-parses them).
+    ``layout="npz"``: Cohen's conversion, ``{train,valid,train_all,test}.npz`` with ``data`` [N, 1, 28, 28] or
+    [N, 784] and ``labels`` [N]; train_all must equal train then valid. ``layout="auto"`` takes the npz layout
+    when all four files are there, else the amat files. ``sizes`` overrides the expected split sizes (tests use
+    tiny files). Pixels must be finite.
     """
 
     def __init__(self, root: str | Path, layout: str = "auto", sizes: Mapping | None = None, cache: bool = True):
@@ -154,20 +182,27 @@ class RotMNIST(_RotMNISTBase):
                 )
         require_files(self.root, (NPZ if layout == "npz" else AMAT).values(), hint)
         self.layout = layout
+        if layout == "npz":  # a conversion of the .amat files that download_data.py does not make
+            self.hint = f"rebuild the npz files from one conversion, or move them away to use the .amat files ({hint})"
+        else:
+            self.hint = refetch_hint("rotmnist", self.root.parent)
         self._arrays: dict[str, Arrays] | None = None
+
+    def _describe(self, name: str) -> str:
+        if self.layout == "npz":
+            return f"{self.root / NPZ[name]} ({name} split)"
+        n_train, n_valid = self.sizes["train"], self.sizes["valid"]
+        rows = {"train": f"its first {n_train} rows", "valid": f"its last {n_valid} rows", "train_all": "all rows"}
+        if name == "test":
+            return f"{self.root / AMAT['test']} (test split)"
+        return f"{self.root / AMAT['train_valid']} ({name} split: {rows[name]})"
 
     def _load(self, names):
         if self.layout == "npz":
-            out = {}
-            for name in names:
-                path = self.root / NPZ[name]
-                f = _load_npz(path, ("data", "labels"))
-                images = _images(f["data"], str(path)).astype(np.float32, copy=False)
-                labels = check_labels(f["labels"].reshape(-1), 10, str(path))
-                expected = self.sizes["train"] + self.sizes["valid"] if name == "train_all" else self.sizes[name]
-                _check_count(len(images), expected, str(path))
-                _check_count(len(labels), expected, f"{path} labels")
-                out[name] = (images, labels)
+            out = {name: self._read_npz(name) for name in names}
+            if "train_all" in out:
+                train, valid = (out[n] if n in out else self._read_npz(n) for n in ("train", "valid"))
+                self._check_train_all(out["train_all"], train, valid)
             return out
         if self._arrays is None:
             self._arrays = self._read_amat_files()
@@ -180,25 +215,57 @@ class RotMNIST(_RotMNISTBase):
         }
         return {name: views[name] for name in names}
 
-    def _stamp(self) -> np.ndarray:
-        stats = [(self.root / AMAT[k]).stat() for k in ("train_valid", "test")]
-        return np.array([v for s in stats for v in (s.st_size, s.st_mtime_ns)], dtype=np.int64)
+    def _read_npz(self, name: str) -> Arrays:
+        """One split of the npz layout, checked: numeric and finite pixels, valid labels, the expected size."""
+        path, where = self.root / NPZ[name], self._describe(name)
+        f = _load_npz(path, ("data", "labels"), self.hint)
+        if f["data"].dtype.kind not in "fiu":
+            raise DataError(f"{where}: data has dtype {f['data'].dtype}, expected float pixels; {self.hint}")
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported next
+            images = _images(f["data"], where).astype(np.float32, copy=False)
+        check_finite(images, where, self.hint)
+        labels = check_labels(f["labels"].reshape(-1), 10, where)
+        expected = self.sizes["train"] + self.sizes["valid"] if name == "train_all" else self.sizes[name]
+        _check_count(len(images), expected, where)
+        _check_count(len(labels), expected, f"{where} labels")
+        return images, labels
+
+    def _check_train_all(self, train_all: Arrays, train: Arrays, valid: Arrays) -> None:
+        """DataError unless train_all.npz holds exactly train.npz then valid.npz (sizes already match)."""
+        for what, got, expected in zip(("images", "labels"), train_all, _concat(train, valid), strict=True):
+            if not np.array_equal(got, expected):
+                k = int(np.flatnonzero((got != expected).reshape(len(got), -1).any(axis=1))[0])
+                raise DataError(
+                    f"{self.root / NPZ['train_all']} is not {NPZ['train']} followed by {NPZ['valid']} (beside it): "
+                    f"its {what} differ from image {k} on, so the files come from different conversions; {self.hint}"
+                )
+
+    def _content_key(self) -> np.ndarray:
+        """The cache key: the sha256 of both ``.amat`` files (~1 GB/s: ~0.9 s for both, against ~10 s of parsing)."""
+        paths = [self.root / AMAT[k] for k in ("train_valid", "test")]
+        try:
+            return np.array([sha256_of(p) for p in paths])
+        except OSError as e:
+            raise unreadable(Path(e.filename or self.root), e, self.hint) from None
 
     def _read_amat_files(self) -> dict[str, Arrays]:
-        cache, stamp = self.root / AMAT_CACHE, self._stamp()
+        cache = self.root / AMAT_CACHE
+        key = self._content_key() if self.cache else None
         if self.cache and cache.is_file():
             try:
-                f = _load_npz(cache, ("stamp", "train_valid_x", "train_valid_y", "test_x", "test_y"))
-                if np.array_equal(f["stamp"], stamp):
+                f = _load_npz(cache, AMAT_CACHE_KEYS, "")
+                if np.array_equal(f["sha256"], key):
                     arrays = {k: (f[f"{k}_x"], f[f"{k}_y"]) for k in ("train_valid", "test")}
                     self._check_amat_sizes(arrays)
+                    for k, (x, _) in arrays.items():
+                        check_finite(x, f"{cache} [{k}_x]", "")
                     return arrays
             except DataError:
                 pass  # a stale or broken cache is re-parsed and replaced
-        arrays = {k: _read_amat(self.root / AMAT[k]) for k in ("train_valid", "test")}
+        arrays = {k: _read_amat(self.root / AMAT[k], self.hint) for k in ("train_valid", "test")}
         self._check_amat_sizes(arrays)
         if self.cache:
-            self._write_cache(cache, stamp, arrays)
+            self._write_cache(cache, key, arrays)
         return arrays
 
     def _check_amat_sizes(self, arrays: dict[str, Arrays]) -> None:
@@ -206,29 +273,29 @@ class RotMNIST(_RotMNISTBase):
         _check_count(len(arrays["train_valid"][0]), n_train_valid, str(self.root / AMAT["train_valid"]))
         _check_count(len(arrays["test"][0]), self.sizes["test"], str(self.root / AMAT["test"]))
 
-    def _write_cache(self, cache: Path, stamp: np.ndarray, arrays: dict[str, Arrays]) -> None:
+    def _write_cache(self, cache: Path, key: np.ndarray, arrays: dict[str, Arrays]) -> None:
         """Best effort: an unwritable directory or a full disk only means no cache."""
         tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
         try:
             flat = {f"{k}_{s}": a for k, (x, y) in arrays.items() for s, a in (("x", x), ("y", y))}
-            np.savez(tmp, stamp=stamp, **flat)
+            np.savez(tmp, sha256=key, **flat)
             os.replace(tmp, cache)
         except OSError:
             tmp.unlink(missing_ok=True)
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
+def _read_idx(path: Path, ndim: int, hint: str) -> np.ndarray:
     """An IDX file of unsigned bytes (plain or gzip) with ``ndim`` dimensions -> uint8 array."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut stream, bad magic, bad deflate data
+        raise unreadable(path, e, hint) from None
     if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 0x08, ndim]):
-        raise DataError(f"{path}: not an IDX file of {ndim}-d unsigned bytes (magic {raw[:4].hex()})")
+        raise DataError(f"{path}: not an IDX file of {ndim}-d unsigned bytes (magic {raw[:4].hex()}); {hint}")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = raw[4 + 4 * ndim :]
-    if len(body) != int(np.prod(dims)):
-        raise DataError(f"{path}: {len(body)} data bytes, header {dims} needs {int(np.prod(dims))} (truncated?)")
+    if len(body) != math.prod(dims):
+        raise DataError(f"{path}: {len(body)} data bytes, header {dims} needs {math.prod(dims)} (truncated?); {hint}")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
@@ -245,6 +312,7 @@ class RotMNISTFromMNIST(_RotMNISTBase):
 
     def __init__(self, root: str | Path, seed: int = 0, sizes: Mapping | None = None):
         self.root, self.seed, self.sizes = Path(root), int(seed), _sizes(sizes)
+        self.hint = refetch_hint("mnist", self.root)
         raw = self.root / "MNIST" / "raw"
         self.files = {}
         missing = []
@@ -256,12 +324,14 @@ class RotMNISTFromMNIST(_RotMNISTBase):
                 missing.append(name)
         if missing:
             where = raw if raw.is_dir() else f"{raw} (does not exist)"
-            hint = download_hint("mnist", self.root)
-            raise DataError(f"missing in {where}: {', '.join(missing)} (or .gz); {hint}")
+            raise DataError(f"missing in {where}: {', '.join(missing)} (or .gz); {download_hint('mnist', self.root)}")
         self._arrays: dict[str, Arrays] | None = None
 
+    def _describe(self, name: str) -> str:
+        return f"{self.files['train_x']} and {self.files['test_x']} (the {name} split rebuilt from them)"
+
     def _build(self) -> dict[str, Arrays]:
-        parts = {key: _read_idx(path, 3 if key.endswith("_x") else 1) for key, path in self.files.items()}
+        parts = {key: _read_idx(path, 3 if key.endswith("_x") else 1, self.hint) for key, path in self.files.items()}
         for split in ("train", "test"):
             x, y = parts[f"{split}_x"], parts[f"{split}_y"]
             if x.shape[1:] != (28, 28):
@@ -304,13 +374,19 @@ class RotMNISTMini(_RotMNISTBase):
 
     def __init__(self, path: str | Path | None = None, sha256: str | None = MINI_SHA256):
         self.path = Path(path) if path is not None else MINI_FILE
+        self.hint = MINI_HINT
         if not self.path.is_file():
             fix = "the package file is missing: reinstall the package" if path is None else "check the path"
             raise DataError(f"rotmnist_mini: {self.path} not found; {fix} (or rebuild: scripts/build_rotmnist_mini.py)")
-        if sha256 is not None and (actual := sha256_of(self.path)) != sha256.lower():
-            raise DataError(f"{self.path}: sha256 {actual} does not match the expected {sha256} (corrupt or stale)")
+        if sha256 is not None:
+            try:
+                actual = sha256_of(self.path)
+            except OSError as e:
+                raise unreadable(self.path, e, self.hint) from None
+            if actual != sha256.lower():
+                raise DataError(f"{self.path}: sha256 {actual} does not match the expected {sha256} (corrupt or stale)")
         keys = tuple(f"{s}_{v}" for s in MINI_SPLITS for v in ("x", "y"))
-        f = _load_npz(self.path, keys)
+        f = _load_npz(self.path, keys, self.hint)
         self._arrays = {}
         for s in MINI_SPLITS:
             x, where = f[f"{s}_x"], f"{self.path} [{s}_x]"
@@ -321,6 +397,9 @@ class RotMNISTMini(_RotMNISTBase):
             _check_count(len(y), len(x), f"{self.path} [{s}_y]")
             self._arrays[s] = (x, y)
         self.sizes = {s: len(self._arrays[s][1]) for s in MINI_SPLITS}
+
+    def _describe(self, name: str) -> str:
+        return f"{self.path} [{'train_x, valid_x' if name == 'train_all' else f'{name}_x'}] ({name} split)"
 
     def _load(self, names):
         a = self._arrays
