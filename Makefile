@@ -16,7 +16,7 @@ REPRODUCE = $(BIN)/python scripts/reproduce.py --protocols $(PROTOCOLS) --jobs $
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train reproduce reproduce-mini tables bench lint format test test-full clean
+.PHONY: help install train reproduce reproduce-mini tables bench gpu-check lint format test test-full clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ tables: ## Rebuild results/tables (tables, comparisons) and the README's copies 
 
 bench: ## Time a training step, an eval forward and peak memory per model; BENCH_ARGS= models and options
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+gpu-check: ## The prepared GPU check (docs/gpu.md): DEVICE=cuda (default) or cpu (a dry run); ARGS= its options
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/gpu_check.py --device $(or $(DEVICE),cuda) $(ARGS)
 
 lint: ## ruff check and format check
 	$(BIN)/ruff check src tests scripts
