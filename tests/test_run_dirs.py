@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
-from attentive_gcnn.checkpoint import load_checkpoint
-from attentive_gcnn.errors import ConfigError, NonFiniteLossError
-from attentive_gcnn.train import train
+from attentive_gcnn.checkpoint import load_checkpoint, save_checkpoint
+from attentive_gcnn.errors import ConfigError, DiskFullError, NonFiniteLossError, UserError
+from attentive_gcnn.train import check_options, train
 from attentive_gcnn.training.loop import Trainer
 from attentive_gcnn.training.rundir import RunDirClaim
 from attentive_gcnn.training.runlog import write_json
@@ -24,7 +26,24 @@ from tests.test_train import REPO, assert_clean_error, cli, compose_cfg, rows, t
 
 def snapshot(run_dir) -> dict:
     """Every file of a run directory and its bytes (the lock file aside)."""
-    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
+
+
+def train_killed_in_epoch(monkeypatch, cfg, run_dir, epoch: int = 3) -> None:
+    """Train ``cfg`` into ``run_dir`` with a KeyboardInterrupt at the start of training epoch ``epoch``."""
+    original = Trainer.train_epoch
+
+    def killed(self, loader, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return original(self, loader, e)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
 
 
 def test_a_directory_in_use_is_refused_and_left_untouched(tmp_path):
@@ -88,17 +107,7 @@ def test_an_interrupted_extension_leaves_a_consistent_directory(tmp_path, monkey
     base = tiny_rotmnist(tmp_path)
     run_dir = tmp_path / "run"
     first = train(compose_cfg(*base, "training.epochs=1"), run_dir)
-    original = Trainer.train_epoch
-
-    def killed_in_epoch_3(self, loader, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, loader, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(compose_cfg(*base, "training.epochs=3", "resume=true"), run_dir)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train_killed_in_epoch(monkeypatch, compose_cfg(*base, "training.epochs=3", "resume=true"), run_dir)
     assert not (run_dir / "summary.json").exists()  # no finished-looking summary beside an epoch-2 checkpoint
     assert (run_dir / "summary_epochs1.json").exists() and load_checkpoint(run_dir / "last.ckpt")["epoch"] == 2
     assert first["epochs"] == 1
@@ -130,10 +139,9 @@ def test_sigterm_stops_after_the_epoch_files_and_prints_how_to_continue(tmp_path
 
 def test_a_signal_inside_a_critical_section_waits_for_its_end():
     done = []
-    with stop_on_signals(), pytest.raises(RunInterrupted, match="SIGTERM"):
-        with critical():
-            os.kill(os.getpid(), signal.SIGTERM)
-            done.append("the write finished")
+    with stop_on_signals(), pytest.raises(RunInterrupted, match="SIGTERM"), critical():
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("the write finished")
     assert done == ["the write finished"]
 
 
@@ -170,3 +178,59 @@ def test_json_is_strict(tmp_path):
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {
         "loss": None, "xs": [1.0, None], "ok": 2.5
     }  # fmt: skip
+
+
+def test_a_damaged_checkpoint_is_refused_never_used(tmp_path):
+    path = save_checkpoint(tmp_path / "x.ckpt", {"model": "p4cnn", "state_dict": {"w": torch.full((4096,), 1.2345)}})
+    data = bytearray(path.read_bytes())
+    at = data.find(torch.full((4,), 1.2345).numpy().tobytes())  # inside the tensor's bytes: torch.load cannot tell
+    data[at + 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        load_checkpoint(path)
+
+
+def test_damaged_run_files_are_clear_errors_or_rebuilt(tmp_path, monkeypatch):
+    base = tiny_rotmnist(tmp_path)
+    run_dir = tmp_path / "run"
+    train_killed_in_epoch(monkeypatch, compose_cfg(*base, "training.epochs=3"), run_dir)
+    (run_dir / "metrics.csv").write_text("epoch,split,loss\nnot a number,train,x\n")  # garbage: rebuilt from last.ckpt
+    good = (run_dir / "last.ckpt").read_bytes()
+    (run_dir / "last.ckpt").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(ConfigError, match="last.ckpt"):
+        train(compose_cfg(*base, "training.epochs=3", "resume=true"), run_dir)
+    (run_dir / "last.ckpt").write_bytes(good)
+    done = train(compose_cfg(*base, "training.epochs=3", "resume=true"), run_dir)
+    assert done["epochs"] == 3 and [r["epoch"] for r in rows(run_dir)][:6] == ["1", "1", "2", "2", "3", "3"]
+    (run_dir / "summary.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="summary.json is damaged"):
+        train(compose_cfg(*base, "training.epochs=3", "resume=true"), run_dir)
+
+
+def test_a_full_disk_is_named(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4054")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(DiskFullError, match="no space left"):
+        save_checkpoint(tmp_path / "x.ckpt", {"model": "p4cnn", "state_dict": {}})
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_unreachable_wandb_is_a_clear_error(tmp_path, monkeypatch):
+    import wandb
+
+    def unreachable(**kwargs):
+        raise wandb.errors.CommError("Network error (ConnectTimeout), entering retry loop.")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    cfg = compose_cfg(*tiny_rotmnist(tmp_path), "training.epochs=1", "logger=wandb", "logger.mode=online")
+    with pytest.raises(UserError, match="logger.mode=offline"):
+        train(cfg, tmp_path / "run")
+    assert train(compose_cfg(*tiny_rotmnist(tmp_path), "training.epochs=1"), tmp_path / "run")["epochs"] == 1
+
+
+def test_a_name_may_not_leave_the_output_directory():
+    with pytest.raises(ConfigError, match="name="):
+        check_options(compose_cfg("name=../../elsewhere"))

@@ -3,11 +3,14 @@
 A checkpoint is a ``torch.save`` dict with ``format`` (``"attentive_gcnn/1"``), ``model`` (the config name),
 ``net`` (the ``net`` node that rebuilds it), ``state_dict``, and optional extra entries (``source``, ``epoch``,
 optimizer state, ...). Writes are atomic (a temporary file renamed into place), so a killed write never leaves
-a half-written checkpoint, and existing files are only replaced when asked to.
+a half-written checkpoint, and existing files are only replaced when asked to. Each checkpoint also holds
+``sha256``, a digest of everything else in it, which loading verifies: a damaged file is an error, never silently
+used (checkpoints written before the digest existed load without the check).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -27,9 +30,37 @@ def save_checkpoint(path: str | Path, payload: dict, overwrite: bool = False) ->
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"format": FORMAT, **payload}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        torch.save({**content, "sha256": digest(content)}, tmp)
     return path
+
+
+def digest(content) -> str:
+    """SHA-256 of ``content`` (nested dicts, lists, tensors and plain values): tensors by dtype, shape and bytes."""
+    h = hashlib.sha256()
+
+    def feed(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.flatten().view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for key in sorted(obj, key=repr):
+                h.update(repr(key).encode())
+                feed(obj[key])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for item in obj:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    feed(content)
+    return h.hexdigest()
 
 
 def model_payload(name: str, model: nn.Module, **extra) -> dict:
@@ -48,6 +79,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT!r})")
+    stored = ckpt.pop("sha256", None)
+    if stored is not None and digest(ckpt) != stored:
+        raise ValueError(f"{path} is damaged: its contents do not match the checksum stored in it")
     return ckpt
 
 

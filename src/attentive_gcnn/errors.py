@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+class DiskFullError(UserError):
+    """A write failed for lack of space; the file it would have replaced is intact."""

@@ -81,6 +81,9 @@ def check_options(cfg: DictConfig) -> None:
         problems.append(f"progress={cfg.progress} must be auto, true or false")
     if cfg.get("compile", False) not in (True, False):
         problems.append(f"compile={cfg.compile} must be true or false")
+    name = Path(str(cfg.name))
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        problems.append(f"name={cfg.name} must be a relative name without '..' (it names a folder in the output dir)")
     tta = cfg.get("eval_tta", 0)
     if not is_int(tta) or tta < 0 or tta == 1:
         problems.append(f"eval_tta={tta} must be 0 (off) or the number of rotations K >= 2 (an integer)")
@@ -165,6 +168,7 @@ class Run:
             "scaler": self.trainer.scaler.state_dict(),
             "best": self.best,
             "elapsed_s": self.elapsed,
+            "metrics": self.metrics.rows,  # the rows up to this epoch: a resume restores them from here
             "run_id": self.run_id,
             "config": self.config,
         }
@@ -180,6 +184,8 @@ class Run:
         self.trainer.load_scaler_state(ckpt.get("scaler"))  # {} from a disabled scaler (a CPU run) is skipped
         self.epoch, self.best, self.elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed_s"]
         self.run_id = ckpt.get("run_id")
+        if "metrics" in ckpt:  # a deleted or damaged metrics.csv is rebuilt from the checkpoint
+            self.metrics.rows = [dict(r) for r in ckpt["metrics"]]
         self.metrics.truncate(self.epoch)
         log.info(f"resuming {self.run_dir} after epoch {self.epoch}")
 

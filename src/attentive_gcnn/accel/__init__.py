@@ -55,7 +55,9 @@ def implementation(computation: str, impl: str, reference: Callable) -> Callable
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return _by_device(implementation(computation, "lean", reference), implementation(computation, "batched", reference))
+        return _by_device(
+            implementation(computation, "lean", reference), implementation(computation, "batched", reference)
+        )
     form = _FORMS[computation].get(impl)
     if form is None:
         return reference

@@ -77,7 +77,9 @@ def target_rows(counts: list[Count]) -> list[tuple[str, str, str, str]]:
             verdict = "PASS" if value <= gib else "FAIL"
             rows.append((f"{name} peak memory, batch {batch} (GiB)", f"{value:.2f}", f"<= {gib:g}", verdict))
     syncing = [f"{c.name}@{c.batch_size}" for c in counts if c.syncs]
-    rows.append(("models with a host sync in a step", ", ".join(syncing) or "none", "none", "FAIL" if syncing else "PASS"))
+    rows.append(
+        ("models with a host sync in a step", ", ".join(syncing) or "none", "none", "FAIL" if syncing else "PASS")
+    )
     return rows
 
 

@@ -131,8 +131,12 @@ def count_training_step(model: torch.nn.Module, batch_size: int, steps: int = 2)
     try:
         for _ in range(steps - 1):
             step()
-        state = sum(t.untyped_storage().nbytes() for s in optimizer.state.values() for t in s.values()
-                    if isinstance(t, torch.Tensor) and t.device.type == "meta")
+        state = sum(
+            t.untyped_storage().nbytes()
+            for s in optimizer.state.values()
+            for t in s.values()
+            if isinstance(t, torch.Tensor) and t.device.type == "meta"
+        )
         params = sum(p.untyped_storage().nbytes() for p in model.parameters())
         counter = StepCounter("meta", base_bytes=params + state + x.untyped_storage().nbytes())
         with counter:

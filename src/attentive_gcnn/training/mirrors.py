@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attentive_gcnn.errors import UserError
+
+INIT_TIMEOUT_S = 30  # how long an online wandb run may take to start before the run stops with an error
+
 
 class NoMirror:
     """The default: nothing beyond the run directory's own files."""
@@ -44,11 +48,19 @@ class WandbMirror(NoMirror):
     def start(self, run_dir: Path, config: dict, run_id: str | None) -> str:
         import wandb
 
-        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True)
-        name = f"{self.kwargs['group']}/seed{config.get('seed')}"
-        self.run = wandb.init(
-            dir=str(run_dir), config=config, name=name, id=run_id, resume="allow", settings=settings, **self.kwargs
+        settings = wandb.Settings(
+            console="off", silent=True, x_disable_stats=True, disable_git=True, init_timeout=INIT_TIMEOUT_S
         )
+        name = f"{self.kwargs['group']}/seed{config.get('seed')}"
+        try:
+            self.run = wandb.init(
+                dir=str(run_dir), config=config, name=name, id=run_id, resume="allow", settings=settings, **self.kwargs
+            )
+        except wandb.errors.Error as e:
+            raise UserError(
+                f"logger=wandb could not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "check the network and `wandb login`, or use logger.mode=offline and `wandb sync` the run later"
+            ) from None
         return self.run.id
 
     def log(self, epoch: int, metrics: dict) -> None:

@@ -57,7 +57,9 @@ def prepare_run_dir(run_dir: Path, resume: bool | str) -> bool:
             raise ConfigError(f"{run_dir} holds a result ({SUMMARY}) but no {LAST} to continue from")
         return True
     if resume is True and not any((run_dir / name).exists() for name in TRACES):
-        raise ConfigError(f"resume=true but {run_dir} holds no run to continue; set hydra.run.dir to the run's directory")
+        raise ConfigError(
+            f"resume=true but {run_dir} holds no run to continue; set hydra.run.dir to the run's directory"
+        )
     return False
 
 

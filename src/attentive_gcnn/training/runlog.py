@@ -8,14 +8,18 @@ published runs and figures are written the same way (:func:`atomic_path`).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from attentive_gcnn.errors import ConfigError, DiskFullError
 
 METRIC_FIELDS = ("epoch", "split", "loss", "accuracy", "lr", "time_s")
 
@@ -32,14 +36,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; when the block succeeds it gets the umask's permissions and
     is renamed onto ``path`` (so a killed write never leaves a half-written file), otherwise it is removed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if (full := _disk_full(e, path)) is None:
+            raise
+        raise full from None
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            if (full := _disk_full(e, path)) is None:
+                raise
+            raise full from None
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _disk_full(error: Exception, path: Path) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``path`` where ``error`` comes from a full disk, else None."""
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, RuntimeError):  # torch's zip writer: "unexpected pos ..." / "file write failed"
+        try:
+            full = shutil.disk_usage(path.parent).free < 2**26
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return DiskFullError(
+        f"no space left on the device of {path.parent} while writing {path.name} (the previous {path.name}, if any, "
+        "is intact); free some space, then continue the run with resume=true"
+    )
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
@@ -80,7 +110,7 @@ class MetricsCSV:
                 self.rows = list(csv.DictReader(f))
 
     def truncate(self, epoch: int) -> None:
-        self.rows = [r for r in self.rows if int(r["epoch"]) <= epoch]
+        self.rows = [r for r in self.rows if epoch and _epoch_of(r, self.path) <= epoch]
         self._write()
 
     def append(self, *rows: dict) -> None:
@@ -93,6 +123,13 @@ class MetricsCSV:
         writer.writeheader()
         writer.writerows(self.rows)
         write_atomic(self.path, buf.getvalue())
+
+
+def _epoch_of(row: dict, path: Path) -> int:
+    try:
+        return int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path} has a damaged row ({row}); restore the file or move it away") from None
 
 
 def _fmt(value) -> str:
