@@ -12,7 +12,10 @@ TABLE ?= all
 EPOCHS ?=
 PROTOCOLS ?= clean original
 JOBS ?= 1
-REPRODUCE = $(BIN)/python scripts/reproduce.py --protocols $(PROTOCOLS) --jobs $(JOBS) $(if $(EPOCHS),--epochs $(EPOCHS))
+GPUS ?=
+LAUNCHER ?=
+REPRODUCE = $(BIN)/python scripts/reproduce.py --protocols $(PROTOCOLS) --jobs $(JOBS) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(GPUS),--gpus $(GPUS)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -32,7 +35,7 @@ install: $(BIN)/python ## Create .venv, install the pinned requirements and the 
 train: ## Train the default job (P4CNN on the embedded rotmnist_mini, CPU); ARGS="key=value ..." overrides
 	$(BIN)/python -m attentive_gcnn.train $(ARGS)
 
-reproduce: ## The paper's tables: TABLE=all|rotmnist|cifar10|pcam, SEEDS=3, PROTOCOLS="clean original", EPOCHS=, JOBS=1
+reproduce: ## The paper's tables: TABLE=all|rotmnist|cifar10|pcam, SEEDS=3, PROTOCOLS="clean original", EPOCHS=, JOBS=1, GPUS=0,1,.., LAUNCHER=slurm|local
 	$(REPRODUCE) --seeds $(SEEDS) --table $(TABLE) $(ARGS)
 
 reproduce-mini: ## The Table 1 analogue on rotmnist_mini: 5 seeds clean, 3 original (SEEDS=, PROTOCOLS=, EPOCHS=, JOBS=)

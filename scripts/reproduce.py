@@ -3,7 +3,8 @@
 
     python scripts/reproduce.py --table rotmnist|cifar10|pcam|all|mini [--seeds 3 | --seeds clean=5 original=3]
         [--protocols clean original] [--epochs N] [--jobs J] [--only GLOB ...] [--out DIR]
-        [--stages train tta tables figures] [--python PATH] [--dry-run] [OVERRIDE ...]
+        [--stages train tta tables figures] [--python PATH] [--gpus 0,1,...] [--launcher slurm|local] [--dry-run]
+        [OVERRIDE ...]
 
 Stages, in order (``--stages`` picks some):
 
@@ -14,7 +15,12 @@ Stages, in order (``--stages`` picks some):
    single-threaded runs do about 15 % more work than one two-threaded run); each job's output then goes to
    ``OUT/logs/``. A lock file per run keeps two invocations from running the same one. ``--python`` runs the
    jobs with another interpreter, e.g. the venv of a second checkout kept at a fixed commit while you work on
-   this one (every run records the commit of the code that ran it).
+   this one (every run records the commit of the code that ran it). ``--gpus 0,1,...`` runs one job per listed
+   GPU at a time (``CUDA_VISIBLE_DEVICES`` set to its GPU), so an 8-GPU machine runs 8 at once.
+   ``--launcher slurm`` (or ``local``) hands the runs to Hydra's submitit launcher instead
+   (``configs/hydra/launcher/``): the runs of one protocol and seed form one Slurm job array, all arrays are
+   submitted at once, and the script waits for them, then publishes what finished (a job stopped by its time limit
+   is requeued and continues; see the README's "Running on a cluster").
 2. ``tta``: the rotation test-time-augmented evaluation (``eval_tta=K``, K = 4, 8, 16) of the selected weights of
    every finished Z2CNN and P4CNN run of the rot-MNIST-like tables, in ``.../seed<k>/tta<K>/``.
 3. ``tables``: ``make_tables.py`` over the runs.
@@ -211,10 +217,12 @@ class Places:
 class Pool:
     """Runs jobs as child processes, ``size`` at a time, each with ``threads`` CPU threads."""
 
-    def __init__(self, places: Places, size: int, dry_run: bool):
-        self.places, self.size, self.dry_run = places, size, dry_run
-        self.threads = max(1, (os.cpu_count() or 1) // size)
+    def __init__(self, places: Places, size: int, dry_run: bool, gpus: list[str] | None = None):
+        self.places, self.dry_run, self.gpus = places, dry_run, gpus
+        self.size = len(gpus) if gpus else size
+        self.threads = max(1, (os.cpu_count() or 1) // self.size)
         self.running: dict[subprocess.Popen, tuple[Job, object]] = {}
+        self.gpu_of: dict[subprocess.Popen, str] = {}  # with --gpus: the GPU each running job holds
         self.failed: list[Job] = []
 
     def submit(self, job: Job, cmd: list[str]) -> None:
@@ -238,17 +246,23 @@ class Pool:
             print(f"skipping {job}: another process is running it", flush=True)
             return
         env = dict(os.environ)
+        gpu = None
+        if self.gpus:
+            gpu = next(g for g in self.gpus if g not in self.gpu_of.values())
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         if self.size > 1:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env.setdefault(var, str(self.threads))
             log = self.places.out / "logs" / (str(job.path).replace(os.sep, ".") + ".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             stdout = log.open("a")
-            print(f"started {job} (log: {log})", flush=True)
+            print(f"started {job}{f' on GPU {gpu}' if gpu else ''} (log: {log})", flush=True)
         else:
             stdout = None
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
         self.running[proc] = (job, (lock, stdout))
+        if gpu is not None:
+            self.gpu_of[proc] = gpu
 
     def _lock(self, run_dir: Path):
         """An exclusive lock on ``<run_dir>.lock``, or None when another process holds it."""
@@ -269,6 +283,7 @@ class Pool:
                 if proc.poll() is None:
                     continue
                 del self.running[proc]
+                self.gpu_of.pop(proc, None)
                 for handle in handles:
                     if handle is not None:
                         handle.close()
@@ -291,6 +306,54 @@ class Pool:
         for proc in self.running:
             proc.wait()
         self.running.clear()
+
+
+# --------------------------------------------------------------------------------------------------- launchers
+def sweep_commands(jobs: list[Job], out: Path, epochs: int | None, overrides: list[str], python: str, launcher: str):
+    """One Hydra sweep (``-m``) through ``hydra/launcher=<launcher>`` per (protocol, seed, tta) group of ``jobs``,
+    over the group's experiments; each run lands in ``out/<experiment>/<protocol>/seed<k>[/tta<K>]`` as with the
+    local pool (the sweep's own files, ``multirun.yaml`` and submitit's logs, in ``out/.sweeps/<group>/``)."""
+    groups: dict[tuple[str, int, int], list[str]] = {}
+    for job in jobs:
+        groups.setdefault((job.protocol, job.seed, job.tta), []).append(job.experiment)
+    cmds = []
+    for (protocol, seed, tta), names in groups.items():
+        group = f"{protocol}_seed{seed}" + (f"_tta{tta}" if tta else "")
+        run_dir = f"{out}/${{name}}/{protocol}/seed{seed}"
+        cmd = [python, "-m", "attentive_gcnn.train", "-m", f"hydra/launcher={launcher}"]
+        cmd += [f"experiment={','.join(names)}", f"protocol={protocol}", f"seed={seed}", "progress=false"]
+        cmd += [f"hydra.sweep.dir={out / '.sweeps' / group}"]
+        if tta:
+            cmd += [f"hydra.sweep.subdir={run_dir}/tta{tta}", "eval_only=true", f"ckpt_path={run_dir}/best.ckpt"]
+            cmd += [f"eval_tta={tta}"]
+        else:
+            cmd += [f"hydra.sweep.subdir={run_dir}", "resume=auto", *([f"training.epochs={epochs}"] if epochs else [])]
+        cmds.append(cmd + overrides)
+    return cmds
+
+
+def launch_sweeps(jobs: list[Job], places: Places, args) -> list[Job]:
+    """Run ``jobs`` (those not done) through ``--launcher``; publish the finished ones; return the failed ones."""
+    todo = [job for job in jobs if not places.done(job)]
+    if not todo:
+        return []
+    cmds = sweep_commands(todo, places.out, args.epochs, args.overrides, args.python, args.launcher)
+    for cmd in cmds:
+        print("$ " + " ".join(cmd), flush=True)
+    if args.dry_run:
+        return []
+    procs = [subprocess.Popen(cmd, cwd=REPO) for cmd in cmds]  # each waits for its job array
+    for proc in procs:
+        proc.wait()
+    from attentive_gcnn.publish import read_summary
+
+    failed = []
+    for job in todo:
+        if read_summary(places.out / job.path) is None:
+            failed.append(job)
+        elif places.runs is not None:
+            places.publish(job)
+    return failed
 
 
 def run(cmd: list[str], dry_run: bool) -> None:
@@ -344,6 +407,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--python", default=sys.executable, help="the interpreter that runs the jobs, e.g. a fixed checkout's venv"
     )
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU ids: one job per GPU at a time (sets --jobs)")
+    parser.add_argument(
+        "--launcher",
+        choices=("slurm", "local"),
+        default=None,
+        help="run the jobs through hydra/launcher=... (submitit)",
+    )
     parser.add_argument("--only", nargs="+", default=[], metavar="GLOB", help="only these experiments")
     parser.add_argument("--out", type=Path, default=None, help="runs directory (default outputs/reproduce)")
     parser.add_argument(
@@ -363,6 +433,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(str(e))
     if (args.epochs is not None and args.epochs < 1) or args.jobs < 1:
         parser.error("--epochs and --jobs must be positive")
+    if args.gpus is not None:
+        args.gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        if not args.gpus or not all(g.isdigit() for g in args.gpus) or len(set(args.gpus)) != len(args.gpus):
+            parser.error("--gpus must list distinct GPU ids, e.g. --gpus 0,1,2,3")
+        if args.launcher:
+            parser.error("--gpus runs jobs on this machine; with --launcher the launcher's config places them")
     return args
 
 
@@ -382,10 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     if {"train", "tta"} & set(args.stages):
         check_data([n for names in tables.values() for n in names], args.overrides)
     trained = [job for names in tables.values() for job in training_jobs(names, args.seeds)]
-    pool = Pool(places, args.jobs, args.dry_run)
+    pool = Pool(places, args.jobs, args.dry_run, args.gpus)
     try:
         for stage, jobs in (("train", trained), ("tta", tta_jobs(trained))):
             if stage not in args.stages:
+                continue
+            if args.launcher:
+                if stage == "tta" and not args.dry_run:
+                    jobs = [j for j in jobs if read_summary(out / j.trained.path) is not None or places.done(j)]
+                pool.failed += launch_sweeps(jobs, places, args)
                 continue
             for job in jobs:
                 if job.tta and not args.dry_run and read_summary(out / job.trained.path) is None:

@@ -78,6 +78,33 @@ def test_dry_run_lists_one_resumable_run_per_cell_protocol_and_seed(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_launcher_sweeps_and_one_job_per_gpu(tmp_path):
+    """--launcher: one Hydra sweep through hydra/launcher=... per protocol and seed (and TTA), each run in the
+    pool's directory; --gpus: one job per GPU."""
+    write_rotmnist_npz(tmp_path / "data", n_train=4, n_valid=2, n_test=4)
+    common = ["--table", "rotmnist", "--dry-run", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")]
+    common += [f"paths.data_dir={tmp_path / 'data'}"]
+    result = reproduce(*common, "--seeds", "clean=2", "original=1", "--launcher", "slurm")
+    assert result.returncode == 0, result.stderr
+    sweeps = [line for line in result.stdout.splitlines() if "attentive_gcnn.train -m hydra/launcher=slurm" in line]
+    trained = [line for line in sweeps if "resume=auto" in line]
+    assert len(trained) == 3 and len(sweeps) == 3 + 3 * 3  # (clean 0, 1, original 0) x (training, TTA 4, 8, 16)
+    assert f"experiment={','.join(f'table1/{m}' for m in TABLE1)}" in trained[0]
+    assert f"hydra.sweep.subdir={tmp_path / 'runs'}/${{name}}/clean/seed0 " in trained[0]
+    result = reproduce(*common, "--seeds", "1", "--gpus", "0,1,1")
+    assert result.returncode != 0 and "distinct GPU ids" in result.stderr
+    module = load_script()
+    pool = module.Pool(module.Places(tmp_path / "pool", None, None), 1, False, ["0", "3"])
+    show = [sys.executable, "-c", "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(0.5)"]
+    jobs = [module.Job("table1/p4cnn", "clean", seed) for seed in range(3)]
+    for job in jobs:
+        pool.submit(job, show)
+    pool.join()
+    logs = [(tmp_path / "pool/logs" / f"table1.p4cnn.clean.seed{j.seed}.log").read_text().split() for j in jobs]
+    assert pool.size == 2 and not pool.failed
+    assert sorted(logs[0] + logs[1]) == ["0", "3"] and logs[2][0] in ("0", "3")  # two at once, one GPU each
+
+
 def test_seeds_jobs_and_tta_plan():
     rp = load_script()
     assert rp.parse_seeds(["2"], ["clean", "original"]) == {"clean": 2, "original": 2}
@@ -109,6 +136,7 @@ def test_refuses_to_start_when_a_dataset_is_missing(tmp_path):
     assert nothing.returncode != 0 and "no experiment" in nothing.stderr
 
 
+@pytest.mark.slow  # the longest test (a whole mini pass with its figures): `make test-full`
 def test_a_tiny_mini_reproduction_yields_a_table_and_figures(tmp_path):
     out = tmp_path / "runs"
     args = [

@@ -38,13 +38,16 @@ from attentive_gcnn.hydra_checks import record_failed_job
 from attentive_gcnn.models.kit import count_parameters
 from attentive_gcnn.models.registry import build_from_config
 from attentive_gcnn.rotations import RotationTTA
+from attentive_gcnn.training import distributed
 from attentive_gcnn.training.checks import check_fits
 from attentive_gcnn.training.device import compiled, pick_device
+from attentive_gcnn.training.distributed import SINGLE, Ranks, data_parallel, share
 from attentive_gcnn.training.loop import CHECK_EVERY, Trainer, build_optimizer
+from attentive_gcnn.training.mirrors import NoMirror
 from attentive_gcnn.training.rundir import BEST, LAST, LOG, METRICS, SUMMARY, RunDirClaim, prepare_run_dir
 from attentive_gcnn.training.runlog import MetricsCSV
 from attentive_gcnn.training.seeding import epoch_seed, seed_everything
-from attentive_gcnn.training.signals import RunInterrupted, critical, stop_on_signals
+from attentive_gcnn.training.signals import RunInterrupted, critical, requeued, stop_on_signals
 from attentive_gcnn.training.summary import error_percent, run_summary, write_summary
 
 log = logging.getLogger("attentive_gcnn.train")
@@ -126,12 +129,15 @@ def check_resumable(saved: dict, now: dict) -> None:
 
 
 class Run:
-    """One training run: builds everything from the config, then :meth:`fit` and :meth:`report`."""
+    """One training run: builds everything from the config, then :meth:`fit` and :meth:`report`.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, run_dir
+    With several processes (``ranks``) each builds the same run; only rank 0 writes files and mirrors metrics.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, ranks: Ranks = SINGLE):
+        self.cfg, self.run_dir, self.ranks = cfg, run_dir, ranks
         self.config = resolved(cfg)
-        self.device = pick_device(cfg.device)
+        self.device = distributed.start(ranks, pick_device(cfg.device))
         torch.backends.cudnn.benchmark = not cfg.deterministic
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
@@ -144,14 +150,26 @@ class Run:
         self.model.to(self.device)
         self.optimizer = build_optimizer(instantiate(cfg.training.optimizer), self.model.parameters(), self.device)
         self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
-        progress = show_progress(cfg.progress)
+        progress = show_progress(cfg.progress) and ranks.main
+        train_module = data_parallel(self.model, self.device)  # the model itself in one process
         module = compiled(self.model, cfg.get("compile", False), self.device)
+        if train_module is not self.model:
+            train_module = compiled(train_module, cfg.get("compile", False), self.device)
+        else:
+            train_module = module
         check_every = CHECK_EVERY if self.device.type == "cuda" else None  # a per-step check is free on a CPU
         self.trainer = Trainer(
-            module, self.optimizer, self.device, amp=cfg.amp, progress=progress, check_every=check_every
+            train_module,
+            self.optimizer,
+            self.device,
+            amp=cfg.amp,
+            progress=progress,
+            check_every=check_every,
+            world=ranks.world,
+            eval_model=module,
         )
-        self.mirror = instantiate(cfg.logger)
-        self.metrics = MetricsCSV(run_dir / METRICS)
+        self.mirror = instantiate(cfg.logger) if ranks.main else NoMirror()
+        self.metrics = MetricsCSV(run_dir / METRICS, write=ranks.main)
         self.epoch, self.elapsed, self.run_id = 0, 0.0, None
         self.best = {"epoch": 0, "accuracy": -1.0, "state_dict": None}
 
@@ -160,6 +178,8 @@ class Run:
         return {"model": self.cfg.model.name, "net": self.config["model"]["net"], **extra}
 
     def save_last(self) -> None:
+        if not self.ranks.main:
+            return
         state = {
             "epoch": self.epoch,
             "state_dict": self.model.state_dict(),
@@ -192,7 +212,8 @@ class Run:
     # loops --------------------------------------------------------------------------------------------------
     def loader(self, dataset, shuffle: bool, seed: int = 0):
         size = self.cfg.training.batch_size if shuffle else self.cfg.training.eval_batch_size
-        return make_loader(dataset, size, shuffle=shuffle, seed=seed, num_workers=self.cfg.num_workers)
+        ranks = self.ranks
+        return make_loader(dataset, size, shuffle, seed, self.cfg.num_workers, rank=ranks.rank, world=ranks.world)
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -202,7 +223,7 @@ class Run:
         select_loader = self.loader(splits.select, shuffle=False)
         for epoch in range(self.epoch + 1, cfg.training.epochs + 1):
             seed = epoch_seed(cfg.seed, epoch)
-            seed_everything(seed)
+            seed_everything(seed + self.ranks.rank)  # dropout: other masks on other ranks; the data order is `seed`'s
             t0, lr = time.perf_counter(), self.lr()
             train_loss, train_acc = self.trainer.train_epoch(self.loader(splits.train, True, seed), epoch)
             t1 = time.perf_counter()
@@ -218,8 +239,9 @@ class Run:
                 if sel_acc > self.best["accuracy"]:  # strict: ties keep the earlier epoch, as the authors' code
                     state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                     self.best = {"epoch": epoch, "accuracy": sel_acc, "state_dict": state}
-                    payload = self._payload(state_dict=state, epoch=epoch)
-                    save_checkpoint(self.run_dir / BEST, payload, overwrite=True)
+                    if self.ranks.main:
+                        payload = self._payload(state_dict=state, epoch=epoch)
+                        save_checkpoint(self.run_dir / BEST, payload, overwrite=True)
                 self.metrics.append(
                     dict(epoch=epoch, split="train", loss=train_loss, accuracy=train_acc, lr=lr, time_s=t1 - t0),
                     dict(epoch=epoch, split=splits.select_name, loss=sel_loss, accuracy=sel_acc, lr=lr, time_s=t2 - t1),
@@ -282,12 +304,14 @@ class Run:
             "train_size": len(splits.train),
             "select_size": len(splits.select),
             "test_size": len(splits.test),
+            "world_size": self.ranks.world,
         }
         summary = run_summary(
             "train", about, test_loss, test_acc, details, splits.normalization, self.elapsed, self.device, self.config
         )
-        with critical():
-            write_summary(self.run_dir, summary)
+        if self.ranks.main:
+            with critical():
+                write_summary(self.run_dir, summary)
         return summary
 
 
@@ -319,6 +343,34 @@ def accepted_run(cfg: DictConfig, run_dir: Path, resume) -> Iterator[bool]:
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+class RefusedOnRankZero(UserError):
+    """What the other ranks raise when rank 0 refused the run (rank 0 reports why)."""
+
+    logged = True
+
+
+@contextlib.contextmanager
+def accepted_by_rank_zero(cfg: DictConfig, run_dir: Path, resume, ranks: Ranks) -> Iterator[bool]:
+    """:func:`accepted_run` on rank 0, which alone touches the run directory; its outcome (whether the run
+    continues, or that it was refused) is shared with the other ranks. One process: :func:`accepted_run`."""
+    if not ranks.main:
+        outcome = share(None, ranks)
+        if isinstance(outcome, str):
+            raise RefusedOnRankZero(outcome)
+        yield outcome
+        return
+    told = False
+    try:
+        with accepted_run(cfg, run_dir, resume) as outcome:
+            share(outcome, ranks)
+            told = True
+            yield outcome
+    except UserError as e:
+        if not told:
+            share(str(e), ranks)
+        raise
 
 
 def record_invocation(cfg: DictConfig, run_dir: Path) -> None:
@@ -356,29 +408,38 @@ def _read_summary(run_dir: Path) -> dict:
         raise ConfigError(f"{run_dir / SUMMARY} is damaged ({e}); move it away to continue the run") from None
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, ranks: Ranks = SINGLE) -> dict:
     """Fit (or resume) the configured run in ``run_dir``; returns the summary.
 
     ``resume``: false (a fresh run; the directory must not hold one), true (continue from ``last.ckpt``) or auto
     (continue if ``last.ckpt`` exists, otherwise start; what `make reproduce` uses to skip finished runs). A run
     that stopped before its first checkpoint is started over by any of them. Continuing a finished run to more
-    epochs keeps its summary as ``summary_epochs<N>.json``.
+    epochs keeps its summary as ``summary_epochs<N>.json``. ``ranks``: this process's place where several train
+    the run (:mod:`attentive_gcnn.training.distributed`).
     """
-    with accepted_run(cfg, run_dir, cfg.resume) as resume:
-        return _train(cfg, run_dir, resume)
+    resume = cfg.resume
+    if resume is False and requeued():
+        log.info("this Slurm job was requeued: it continues its run (resume=auto)")
+        resume = "auto"
+    with accepted_by_rank_zero(cfg, run_dir, resume, ranks) as resume:
+        return _train(cfg, run_dir, resume, ranks)
 
 
-def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
-    if resume and (run_dir / SUMMARY).exists():
+def _train(cfg: DictConfig, run_dir: Path, resume: bool, ranks: Ranks = SINGLE) -> dict:
+    done = None
+    if ranks.main and resume and (run_dir / SUMMARY).exists():
         done = _read_summary(run_dir)
         if done.get("status") == "complete" and done.get("epochs", 0) >= cfg.training.epochs:
             log.info(f"{run_dir} is already complete; nothing to do")
-            return done
-        # a longer run than the finished one: keep that result beside the run, which is in progress again
-        kept = run_dir / f"summary_epochs{done.get('epochs', 'unknown')}.json"
-        os.replace(run_dir / SUMMARY, kept)
-        log.info(f"continuing the finished run to {cfg.training.epochs} epochs; its summary is kept as {kept.name}")
-    run = Run(cfg, run_dir)
+        else:  # a longer run than the finished one: keep that result beside the run, in progress again
+            kept = run_dir / f"summary_epochs{done.get('epochs', 'unknown')}.json"
+            os.replace(run_dir / SUMMARY, kept)
+            log.info(f"continuing the finished run to {cfg.training.epochs} epochs; its summary is kept as {kept.name}")
+            done = None
+    done = share(done, ranks)
+    if done is not None:
+        return done
+    run = Run(cfg, run_dir, ranks)
     if resume:
         run.restore()
         if run.epoch > cfg.training.epochs:
@@ -411,7 +472,7 @@ def _scalars(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "command"}
 
 
-def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+def evaluate(cfg: DictConfig, run_dir: Path, ranks: Ranks = SINGLE) -> dict:
     """``eval_only=true``: test the checkpoint at ``ckpt_path`` on the dataset's test split.
 
     ``eval_tta=K`` (K >= 2) averages the logits over the test images rotated by ``360 * i / K`` degrees
@@ -419,14 +480,14 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     experiment=mini/z2cnn seed=0 ckpt_path=PATH eval_tta=4``; loss and accuracy are those of the averaged logits.
     ``name`` and ``seed`` are recorded as given, to place the evaluation beside the run the checkpoint came from.
     """
-    with accepted_run(cfg, run_dir, resume=False):
-        return _evaluate(cfg, run_dir)
+    with accepted_by_rank_zero(cfg, run_dir, False, ranks):
+        return _evaluate(cfg, run_dir, ranks)
 
 
-def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+def _evaluate(cfg: DictConfig, run_dir: Path, ranks: Ranks = SINGLE) -> dict:
     path = Path(cfg.ckpt_path)
     model, ckpt = load_model_checkpoint(path)
-    device = pick_device(cfg.device)
+    device = distributed.start(ranks, pick_device(cfg.device))
     source = make_source(cfg.dataset.source)
     check_fits(model, ckpt["model"], source, cfg.dataset)
     splits = source.splits(cfg.protocol)
@@ -439,13 +500,14 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         None,
         device,
         amp=cfg.amp,
-        progress=show_progress(cfg.progress),
+        progress=show_progress(cfg.progress) and ranks.main,
+        world=ranks.world,
     )
     t0 = time.perf_counter()
-    loss, acc = trainer.evaluate(
-        make_loader(splits.test, cfg.training.eval_batch_size, shuffle=False, seed=0, num_workers=cfg.num_workers),
-        desc=f"test (TTA {tta})" if tta else "test",
+    test = make_loader(
+        splits.test, cfg.training.eval_batch_size, False, 0, cfg.num_workers, rank=ranks.rank, world=ranks.world
     )
+    loss, acc = trainer.evaluate(test, desc=f"test (TTA {tta})" if tta else "test")
     about = {
         "checkpoint": str(path.resolve()),
         "name": cfg.name,
@@ -455,11 +517,12 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         "seed": cfg.seed,
         "tta": tta,
     }
-    details = {"test_size": len(splits.test), "params": count_parameters(model)}
+    details = {"test_size": len(splits.test), "params": count_parameters(model), "world_size": ranks.world}
     check_finite(loss, "test", f"checkpoint {path}")
     wall_time_s = time.perf_counter() - t0
     summary = run_summary("eval", about, loss, acc, details, splits.normalization, wall_time_s, device, resolved(cfg))
-    write_summary(run_dir, summary)
+    if ranks.main:
+        write_summary(run_dir, summary)
     return summary
 
 
@@ -474,20 +537,34 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     keep_freed_memory()  # fewer page faults per step on the CPU (attentive_gcnn.accel.allocator)
+    ranks = distributed.detect_ranks()
+    if not ranks.main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports the run
     with stop_on_signals():
         try:
             check_options(cfg)
-            summary = evaluate(cfg, run_dir) if cfg.eval_only else train(cfg, run_dir)
+            if ranks.parallel:
+                distributed.start(ranks, pick_device(cfg.device))
+                run_dir = rank_zero_run_dir(run_dir, ranks)
+            summary = evaluate(cfg, run_dir, ranks) if cfg.eval_only else train(cfg, run_dir, ranks)
         except RunInterrupted as e:
-            log.error(f"error: {e}; {how_to_continue(run_dir, list(hydra_cfg.overrides.task))}")
+            if e.requeue is not None:  # submitit's time limit or preemption: resubmit the job (rank 0 exits here)
+                log.warning(f"{e}; requeueing the job, which continues the run from {run_dir / LAST}")
+                e.requeue(e.signum, None)
+            elif ranks.main:
+                log.error(f"error: {e}; {how_to_continue(run_dir, list(hydra_cfg.overrides.task))}")
             raise SystemExit(128 + e.signum) from None
         except UserError as e:
-            if not getattr(e, "logged", False):
+            if ranks.main and not getattr(e, "logged", False):
                 log.error(f"error: {e}")
             if hydra_cfg.mode == RunMode.MULTIRUN:
                 record_failed_job(hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(e))
                 return None
             raise SystemExit(2) from None
+        finally:
+            distributed.stop()
+    if not ranks.main:
+        return None
     what = f"checkpoint {summary.get('checkpoint')}" if cfg.eval_only else f"{summary['model']}"
     if summary.get("tta"):
         what += f" with its logits averaged over {summary['tta']} rotations (eval_tta)"
@@ -495,6 +572,16 @@ def main(cfg: DictConfig) -> float | None:
     print(f"test error: {summary['test_error']:.2f} % ({what} on {summary['dataset']}, {n:,} test images)")
     print(f"logs: {run_dir}")
     return summary["test_error"]
+
+
+def rank_zero_run_dir(run_dir: Path, ranks: Ranks) -> Path:
+    """Rank 0's run directory, on every rank. Another rank's own (Hydra's default names a directory to the
+    microsecond, so it may differ), which it created empty, is removed."""
+    shared = Path(share(str(run_dir), ranks))
+    if shared != run_dir:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+    return shared
 
 
 def how_to_continue(run_dir: Path, overrides: list[str]) -> str:
@@ -507,4 +594,8 @@ def how_to_continue(run_dir: Path, overrides: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the entrypoint of the importable module rather than of __main__, so that a launcher that pickles the
+    # task function (submitit: hydra/launcher=slurm or local) refers to it by name instead of copying this module.
+    from attentive_gcnn import train as entrypoint
+
+    entrypoint.main()

@@ -15,8 +15,10 @@ from torch.utils.data import Dataset
 
 PROTOCOLS = ("clean", "original")
 
-# augment(x [B, C, H, W] (dtype as stored: uint8 or float32), generator or None) -> x, same shape and dtype
-Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+# augment(x [B, C, H, W] (dtype as stored: uint8 or float32), generator or None, offset, total) -> x, same shape and
+# dtype; x holds rows offset .. offset + B of a batch of total rows, whose randomness the generator draws for all of
+# them (so a data-parallel rank's slice is augmented as those rows of the whole batch)
+Augment = Callable[[torch.Tensor, "torch.Generator | None", int, "int | None"], torch.Tensor]
 
 
 def check_protocol(protocol: str) -> str:
@@ -41,6 +43,11 @@ class Splits:
 def batch_seed(indices) -> int | None:
     """The augmentation seed a seeded batch carries (see ``loader.SeededBatch``), or None."""
     return getattr(indices, "seed", None)
+
+
+def batch_place(indices) -> tuple[int, int]:
+    """(offset, total): the rows ``indices`` are of their whole batch (``loader.SeededBatch``), else all of it."""
+    return getattr(indices, "offset", 0), getattr(indices, "total", len(indices))
 
 
 def normalize_(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -85,7 +92,7 @@ class ArrayDataset(Dataset):
         x = self.images[idx]
         if self.augment is not None:
             seed = batch_seed(indices)
-            x = self.augment(x, None if seed is None else torch.Generator().manual_seed(seed))
+            x = self.augment(x, None if seed is None else torch.Generator().manual_seed(seed), *batch_place(indices))
         x = x.to(torch.float32)
         if self.images.dtype == torch.uint8:
             x = x.div_(255)

@@ -34,15 +34,20 @@ FILES = (*TRAIN_FILES, "test_batch", "batches.meta")
 SIZES = {"train": 50000, "test": 10000}
 
 
-def flip_crop(x: torch.Tensor, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
+def flip_crop(
+    x: torch.Tensor, generator: torch.Generator | None, offset: int = 0, total: int | None = None, padding: int = 4
+) -> torch.Tensor:
     """Random horizontal flip (p = 1/2), then a random crop of the zero-padded image back to its size.
 
-    x: [B, C, H, W] (any dtype); offsets uniform in {0, ..., 2 * padding} per image and axis.
+    x: [B, C, H, W] (any dtype), rows ``offset .. offset + B`` of a batch of ``total`` (default B) whose flips and
+    offsets are drawn together; offsets uniform in {0, ..., 2 * padding} per image and axis.
     """
     b, c, h, w = x.shape
-    flip = torch.rand(b, generator=generator) < 0.5
+    total = b if total is None else total
+    rows_of_x = slice(offset, offset + b)
+    flip = (torch.rand(total, generator=generator) < 0.5)[rows_of_x]
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator)
+    offsets = torch.randint(0, 2 * padding + 1, (total, 2), generator=generator)[rows_of_x]
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = (offsets[:, 0, None] + torch.arange(h))[:, None, :, None]  # [B, 1, H, 1]
     cols = (offsets[:, 1, None] + torch.arange(w))[:, None, None, :]  # [B, 1, 1, W]

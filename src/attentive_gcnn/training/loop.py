@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from attentive_gcnn.errors import NonFiniteLossError
+from attentive_gcnn.training.distributed import max_over_ranks, sum_over_ranks
 
 CHECK_EVERY = 50
 """Steps between the deferred mode's host checks where ``train.py`` uses it (on CUDA): one device sync each."""
@@ -50,6 +51,12 @@ class Trainer:
       gradient scaler (pinned at scale 1 without float16) and recorded there; the host checks the record every
       ``N`` steps and at the end of the epoch (:meth:`_check`). No sync in between with a fused optimizer
       (:func:`build_optimizer`); any other optimizer makes the scaler sync once per step to skip.
+
+    ``world`` > 1 (data parallelism, :mod:`attentive_gcnn.training.distributed`): ``model`` is this rank's DDP
+    module and the loaders yield this rank's slices; each step's objective is the slice's summed loss times
+    ``world`` over the whole batch's size (so DDP's average is the one-process gradient), the deferred mode is
+    used (every rank skips and reports the same steps), metrics are summed over the ranks, and evaluation runs
+    ``eval_model`` (the plain module) on each rank's slices.
     """
 
     def __init__(
@@ -60,11 +67,16 @@ class Trainer:
         amp: bool = False,
         progress: bool = False,
         check_every: int | None = None,
+        world: int = 1,
+        eval_model: nn.Module | None = None,
     ):
+        if world > 1 and check_every is None:
+            check_every = CHECK_EVERY  # a per-step check on one rank would leave the others waiting
         if check_every is not None and not (type(check_every) is int and check_every >= 1):  # bool is no int here
             raise ValueError(f"check_every={check_every!r} must be None (check every step) or a positive integer")
         self.model, self.optimizer, self.device, self.progress = model, optimizer, device, progress
-        self.amp, self.check_every = amp, check_every
+        self.amp, self.check_every, self.world = amp, check_every, world
+        self.eval_model = model if eval_model is None else eval_model
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaling = amp and device.type == "cuda"  # float16 gradients need a dynamic loss scale
         self.deferred = check_every is not None
@@ -119,23 +131,42 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count, step = 0, 0
+        totals = loader.batch_sampler.totals() if self.world > 1 else None
         if self.deferred:
             self._clear_record()
         for step, (x, y) in enumerate(self._batches(loader, f"epoch {epoch}"), start=1):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.model(x)
-                loss = self.loss_fn(logits.float(), y)
+                if totals is None:
+                    loss = self.loss_fn(logits.float(), y)
+                    summed = loss.detach() * len(y)
+                else:  # this rank's share of the whole batch's mean loss, times world (DDP averages)
+                    summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+                    loss, summed = summed * (self.world / totals[step - 1]), summed.detach()
             if not self.deferred and not torch.isfinite(loss):
                 raise NonFiniteLossError(f"the training loss is {loss.item()} at epoch {epoch}, step {step}")
             self._update(loss, step)
-            loss_sum += loss.detach() * len(y)
+            loss_sum += summed
             correct += (logits.detach().argmax(1) == y).sum()
             count += len(y)
             if self.deferred and step % self.check_every == 0:
                 self._check(epoch, step)
         if self.deferred:
             self._check(epoch, step)
+        return self._means(loss_sum, correct, count)
+
+    def _means(self, loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> tuple[float, float]:
+        """Mean loss and accuracy from the sums of this process (of all ranks, in data parallelism)."""
+        if self.world > 1:
+            sums = torch.stack(
+                [
+                    loss_sum,
+                    correct.to(torch.float64),
+                    torch.tensor(float(count), device=self.device, dtype=torch.float64),
+                ]
+            )
+            loss_sum, correct, count = sum_over_ranks(sums).tolist()
         return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
 
     def _update(self, loss: torch.Tensor, step: int) -> None:
@@ -155,6 +186,10 @@ class Trainer:
             loss_bad = ~torch.isfinite(loss.detach())
             found = self._found_inf()
             found.masked_fill_(loss_bad, 1.0)  # stays 0.0 or 1.0: the fused kernels skip on exactly 1
+            if self.world > 1:  # every rank skips and records the same steps
+                flags = max_over_ranks(torch.stack([found, loss_bad.float()]))
+                found.copy_(flags[0])
+                loss_bad = flags[1] > 0
             self._record(step, loss, loss_bad if self.scaling else found > 0)  # float16 overflow is routine
         self.scaler.step(self.optimizer)
         if fresh and self._found_inf().item():
@@ -195,16 +230,18 @@ class Trainer:
     # evaluation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, loader, desc: str = "eval") -> tuple[float, float]:
-        """Mean loss and accuracy of the model in eval mode over ``loader``."""
-        self.model.eval()
+        """Mean loss and accuracy of the model in eval mode over ``loader`` (over all ranks' slices)."""
+        self.eval_model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
         for x, y in self._batches(loader, desc):
+            if not len(y):  # a rank's empty slice of a batch smaller than the number of ranks
+                continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = self.model(x).float()
+                logits = self.eval_model(x).float()
             loss_sum += self.loss_fn(logits, y) * len(y)
             correct += (logits.argmax(1) == y).sum()
             count += len(y)
-        return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+        return self._means(loss_sum, correct, count)

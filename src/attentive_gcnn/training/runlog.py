@@ -102,8 +102,8 @@ class MetricsCSV:
     ends at a completed epoch. ``truncate(epoch)`` drops rows after ``epoch`` (a resumed run redoes them).
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, write: bool = True):
+        self.path, self.write = Path(path), write  # write=False: rows in memory only (another rank than 0)
         self.rows: list[dict] = []
         if self.path.is_file():
             with self.path.open(newline="") as f:
@@ -118,6 +118,8 @@ class MetricsCSV:
         self._write()
 
     def _write(self) -> None:
+        if not self.write:
+            return
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         writer.writeheader()
