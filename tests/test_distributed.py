@@ -62,12 +62,17 @@ def test_a_slice_is_augmented_as_its_rows_of_the_whole_batch():
     assert torch.equal(torch.cat([data.__getitems__(h)[0] for h in halves]), xs)
 
 
-def test_ranks_from_torchrun_variables():
+def test_ranks_from_torchrun_and_srun_variables():
     assert detect_ranks({}) == SINGLE and not SINGLE.parallel
     ranks = detect_ranks({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert ranks == Ranks(3, 4, 1) and ranks.parallel and not ranks.main
-    with pytest.raises(RuntimeError, match="RANK"):
+    with pytest.raises(ConfigError, match="RANK"):
         detect_ranks({"WORLD_SIZE": "2"})
+    srun = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8"}
+    assert detect_ranks({**srun, "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}) == Ranks(5, 8, 1)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        detect_ranks(srun)
+    assert detect_ranks({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "4"}) == SINGLE
 
 
 # ----------------------------------------------------------------------------------------- torchrun (processes)
@@ -166,14 +171,18 @@ def test_a_killed_two_process_run_resumes_to_the_same_numbers(runs, tmp_path):
 
 # ------------------------------------------------------------------------------------------ launchers, requeue
 def test_a_sweep_through_the_submitit_local_launcher_with_two_ranks_per_job(tmp_path):
-    """hydra/launcher=local: a 2-job sweep, each job one run of 2 processes (tasks_per_node=2, as on Slurm)."""
+    """hydra/launcher=local: a 2-job sweep, each job one run of 2 processes (tasks_per_node=2, as on Slurm); the
+    failed job (an invalid learning rate) is listed at the end and the sweep exits 1."""
     args = [*tiny_rotmnist(tmp_path, n_train=40, n_valid=16, n_test=20), "training.epochs=1", "progress=false"]
     sweep = tmp_path / "sweep"
     launcher = ["hydra/launcher=local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}"]
-    finish(launch(0, "-m", *launcher, *args, "seed=0,1"))
-    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in (0, 1)]
-    assert [(s["seed"], s["world_size"]) for s in summaries] == [(0, 2), (1, 2)]
-    assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == ["0", "1", "multirun.yaml"]
+    proc = launch(0, "-m", *launcher, *args, "training.lr=0.001,-1")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 job(s) of the sweep failed" in out, out[-3000:]
+    assert "job 1 (" in out and "training.lr=-1" in out and "must be a positive number" in out
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["config"]["training"]["lr"] == 0.001
+    assert summary["world_size"] == 2 and not (sweep / "1" / "summary.json").exists()
 
 
 def test_the_slurm_launcher_config_composes():

@@ -1,9 +1,12 @@
 """The project's Hydra callback: it checks the output directory before Hydra creates it, so that an unwritable
 ``hydra.run.dir`` (or ``hydra.sweep.dir``) gives one clear line instead of a traceback, and ends a sweep whose jobs
-failed with the list of them and exit status 1 (a failed job does not stop the sweep: every job runs)."""
+failed with the list of them and exit status 1 (a failed job does not stop the sweep: every job runs). Jobs that
+run in other processes (the submitit launchers) record their failure in ``<sweep dir>/.failed_jobs/``."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from attentive_gcnn.errors import ConfigError
 from attentive_gcnn.training.rundir import ensure_writable
+from attentive_gcnn.training.runlog import write_json
+
+FAILED_DIR = ".failed_jobs"
 
 
 def check_writable(path: str | Path, key: str) -> None:
@@ -27,9 +33,25 @@ def check_writable(path: str | Path, key: str) -> None:
 FAILED_JOBS: list[tuple[int, list[str], str]] = []  # (job number, overrides, error) of this process's sweep
 
 
-def record_failed_job(num: int, overrides: list[str], error: str) -> None:
-    """Note a sweep job that ended with an error (the entrypoint has logged it), for the sweep's end."""
+def record_failed_job(num: int, overrides: list[str], error: str, sweep_dir: str | Path | None = None) -> None:
+    """Note a sweep job that ended with an error (the entrypoint has logged it), for the sweep's end: in this
+    process, and in ``sweep_dir/.failed_jobs/<num>.json`` for a sweep launched from another process."""
     FAILED_JOBS.append((num, overrides, error))
+    if sweep_dir is not None:
+        (Path(sweep_dir) / FAILED_DIR).mkdir(parents=True, exist_ok=True)
+        write_json(Path(sweep_dir) / FAILED_DIR / f"{num}.json", {"job": num, "overrides": overrides, "error": error})
+
+
+def failed_jobs(sweep_dir: str | Path) -> list[tuple[int, list[str], str]]:
+    """The failed jobs of this process's sweep and those recorded in ``sweep_dir``, by job number."""
+    found = {num: (num, overrides, error) for num, overrides, error in FAILED_JOBS}
+    for path in sorted((Path(sweep_dir) / FAILED_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            found.setdefault(record["job"], (record["job"], record["overrides"], record["error"]))
+        except (OSError, ValueError, KeyError):
+            found.setdefault(path.stem, (path.stem, [], f"unreadable failure record {path}"))
+    return [found[k] for k in sorted(found, key=str)]
 
 
 class CheckOutputDir(Callback):
@@ -40,11 +62,14 @@ class CheckOutputDir(Callback):
         check_writable(OmegaConf.select(config, "hydra.run.dir"), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        check_writable(OmegaConf.select(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+        sweep_dir = OmegaConf.select(config, "hydra.sweep.dir")
+        check_writable(sweep_dir, "hydra.sweep.dir")
         FAILED_JOBS.clear()
+        shutil.rmtree(Path(sweep_dir) / FAILED_DIR, ignore_errors=True)  # the records of an earlier sweep there
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if FAILED_JOBS:
-            lines = [f"  job {num} ({' '.join(overrides)}): {error}" for num, overrides, error in FAILED_JOBS]
-            print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed:\n" + "\n".join(lines), file=sys.stderr)
+        failed = failed_jobs(OmegaConf.select(config, "hydra.sweep.dir"))
+        if failed:
+            lines = [f"  job {num} ({' '.join(overrides)}): {error}" for num, overrides, error in failed]
+            print(f"error: {len(failed)} job(s) of the sweep failed:\n" + "\n".join(lines), file=sys.stderr)
             raise SystemExit(1)

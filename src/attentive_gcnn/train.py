@@ -537,11 +537,12 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     keep_freed_memory()  # fewer page faults per step on the CPU (attentive_gcnn.accel.allocator)
-    ranks = distributed.detect_ranks()
-    if not ranks.main:
-        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports the run
+    ranks = SINGLE
     with stop_on_signals():
         try:
+            ranks = distributed.detect_ranks()
+            if not ranks.main:
+                logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports the run
             check_options(cfg)
             if ranks.parallel:
                 distributed.start(ranks, pick_device(cfg.device))
@@ -558,7 +559,8 @@ def main(cfg: DictConfig) -> float | None:
             if ranks.main and not getattr(e, "logged", False):
                 log.error(f"error: {e}")
             if hydra_cfg.mode == RunMode.MULTIRUN:
-                record_failed_job(hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(e))
+                if ranks.main:
+                    record_failed_job(hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(e), hydra_cfg.sweep.dir)
                 return None
             raise SystemExit(2) from None
         finally:

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from attentive_gcnn.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -42,15 +44,21 @@ SINGLE = Ranks()
 
 
 def detect_ranks(env: dict | None = None) -> Ranks:
-    """The ranks of this process: torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; else, in a submitit job
-    (``hydra/launcher=slurm`` or ``local``) with several tasks, the task's place, with the rendezvous variables
-    (``MASTER_ADDR``, ``MASTER_PORT``) exported from it; else one process."""
+    """This process's ranks, from its environment:
+
+    - torchrun: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``;
+    - a submitit job (``hydra/launcher=slurm`` or ``local``) with several tasks: the task's place, and the
+      rendezvous variables (``MASTER_ADDR``, ``MASTER_PORT``) exported from the job's environment;
+    - ``srun`` with several tasks in your own batch script: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``,
+      ``SLURM_LOCALID``, with ``MASTER_ADDR`` and ``MASTER_PORT`` exported by the script;
+    - otherwise one process. ConfigError where the variables are incomplete.
+    """
     env = os.environ if env is None else env
     if "WORLD_SIZE" in env:
         try:
             return Ranks(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
         except (KeyError, ValueError):
-            raise RuntimeError("WORLD_SIZE is set but RANK is missing or not an integer") from None
+            raise ConfigError("WORLD_SIZE is set but RANK is missing or not an integer (start with torchrun)") from None
     if env.get("SUBMITIT_EXECUTOR") and env is os.environ:
         import submitit
         from submitit.helpers import TorchDistributedEnvironment
@@ -58,6 +66,14 @@ def detect_ranks(env: dict | None = None) -> Ranks:
         if submitit.JobEnvironment().num_tasks > 1:
             found = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             return Ranks(found.rank, found.world_size, found.local_rank)
+        return SINGLE
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
+        if not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
+            raise ConfigError(
+                "srun started several tasks but MASTER_ADDR/MASTER_PORT are not set; in the batch script: export "
+                "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) MASTER_PORT=29500"
+            )
+        return Ranks(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return SINGLE
 
 
