@@ -63,6 +63,7 @@ def test_a_variant_is_measured_under_its_label_with_its_arguments():
     assert run.result is None and "no_such_argument" in run.reason  # the arguments reached build()
 
 
+@pytest.mark.slow  # measures models end to end: `make test-full`
 def test_script_measures_models_and_writes_the_report(tmp_path, capsys):
     report = tmp_path / "bench.md"
     proc = run_script("p4cnn", "plain_p4cnn", *TINY, "--device", "cpu", "--markdown", str(report))

@@ -139,6 +139,7 @@ def test_every_training_recipe_instantiates(recipe):
 
 
 # ---------------------------------------------------------------------------------------------- short runs
+@pytest.mark.slow  # one epoch on the whole embedded data: `make test-full`
 def test_make_train_default_job_on_the_embedded_data(tmp_path):
     """What `make train` runs (one epoch here): prints the test error and where the logs are."""
     run_dir = tmp_path / "run"
