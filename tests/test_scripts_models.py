@@ -74,8 +74,8 @@ def test_import_script_writes_a_checkpoint_that_reproduces_the_logits(tmp_path, 
     assert "missing" in capsys.readouterr().err
 
 
-def test_readme_model_table_is_the_scripts_output(capsys):
-    readme = (SCRIPTS.parent / "README.md").read_text()
+def test_docs_model_table_is_the_scripts_output(capsys):
+    readme = (SCRIPTS.parent / "docs/method.md").read_text()
     table = readme.split("<!-- model-table:start")[1].split("-->", 1)[1].split("<!-- model-table:end -->")[0]
     assert script("count_params").main(["--markdown"]) == 0
     assert table.strip() == capsys.readouterr().out.strip()
