@@ -136,11 +136,11 @@ def runs(tmp_path_factory):
     finish(one)
     finish(launch(2, *base, "name=two", f"hydra.run.dir={run_dir}", "resume=true"))
     (one_dir,) = (tmp / "out" / "one").iterdir()
-    return one_dir, run_dir, killed_after
+    return one_dir, run_dir, killed_after, base
 
 
 def test_two_processes_killed_and_resumed_train_the_one_process_run(runs):
-    one, two, killed_after = runs
+    one, two, killed_after, _ = runs
     assert 1 <= killed_after < EPOCHS
     a, b = metrics(one), metrics(two)
     assert [(r["epoch"], r["split"]) for r in a] == [(r["epoch"], r["split"]) for r in b]
@@ -155,7 +155,7 @@ def test_two_processes_killed_and_resumed_train_the_one_process_run(runs):
 
 
 def test_only_rank_zero_writes_one_run_directory(runs):
-    _, two, killed_after = runs
+    _, two, killed_after, _ = runs
     assert [p.name for p in two.parent.iterdir()] == [two.name]  # rank 1 removed its own default directory
     names = {p.name for p in two.iterdir()}
     assert {"metrics.csv", "summary.json", "last.ckpt", "best.ckpt", "train.log", ".hydra"} <= names
@@ -163,6 +163,16 @@ def test_only_rank_zero_writes_one_run_directory(runs):
     log = (two / "train.log").read_text()
     assert [log.count(f"epoch   {e}/{EPOCHS}") for e in range(1, EPOCHS + 1)] == [1] * EPOCHS  # one rank logs
     assert log.count(f"resuming {two} after epoch {killed_after}") == 1
+
+
+def test_eval_only_is_split_across_ranks_and_counts_every_image_once(runs, tmp_path):
+    one, _, _, base = runs
+    ckpt = one / "best.ckpt"
+    finish(launch(2, *base, "eval_only=true", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}"))
+    split, trained = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "eval", one))
+    assert (split["world_size"], split["test_size"]) == (2, 45)
+    assert split["test_error"] == trained["test_error"]  # the one-process test of the same weights
+    assert split["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ launchers, requeue
