@@ -65,6 +65,8 @@ def detect_ranks(env: dict | None = None) -> Ranks:
 
         if submitit.JobEnvironment().num_tasks > 1:
             found = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            if env["SUBMITIT_EXECUTOR"] == "local":  # one machine: the loopback, whatever the host name resolves to
+                os.environ["MASTER_ADDR"] = "127.0.0.1"
             return Ranks(found.rank, found.world_size, found.local_rank)
         return SINGLE
     if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
