@@ -33,6 +33,7 @@ def test_no_graph_breaks_when_the_full_attention_works_in_chunks():
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
 
 
+@pytest.mark.slow  # `make test-full` (keeps `make test` within its time budget)
 def test_a_compiled_training_step_matches_eager():
     torch.manual_seed(0)
     model = build("a_p4cnn", attention_impl="batched").double()

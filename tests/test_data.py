@@ -614,6 +614,7 @@ def test_download_data_lists_its_plan(tmp_path, capsys):
     assert "--root" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # `make test-full` (keeps `make test` within its time budget)
 def test_mini_builder_writes_reproducible_npz(tmp_path):
     build = script("build_rotmnist_mini")
     arrays = {"a": np.arange(5, dtype=np.uint8), "provenance": np.array("text")}

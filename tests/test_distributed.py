@@ -165,6 +165,7 @@ def test_only_rank_zero_writes_one_run_directory(runs):
     assert log.count(f"resuming {two} after epoch {killed_after}") == 1
 
 
+@pytest.mark.slow  # `make test-full` (keeps `make test` within its time budget)
 def test_eval_only_is_split_across_ranks_and_counts_every_image_once(runs, tmp_path):
     one, _, _, base = runs
     ckpt = one / "best.ckpt"

@@ -170,6 +170,7 @@ def test_a_tiny_mini_reproduction_yields_a_table_and_figures(tmp_path):
     assert (out / "tables/mini.md").read_text() == table
 
 
+@pytest.mark.slow  # `make test-full` (keeps `make test` within its time budget)
 def test_finished_runs_are_published_and_count_as_done(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
     args = ["--table", "mini", "--only", "mini/z2cnn", "--seeds", "1", "--epochs", "1", "--protocols", "clean"]

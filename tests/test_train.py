@@ -299,6 +299,7 @@ def test_resume_refuses_different_settings(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ sweeps and eval_only
+@pytest.mark.slow  # `make test-full` (keeps `make test` within its time budget)
 def test_two_job_seed_sweep(tmp_path):
     args = tiny_rotmnist(tmp_path)
     result = cli("-m", "seed=0,1", *args, "training.epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
