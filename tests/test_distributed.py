@@ -22,7 +22,7 @@ from attentive_gcnn.checkpoint import load_checkpoint
 from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.data import ArrayDataset, SeededBatchSampler, flip_crop
 from attentive_gcnn.errors import ConfigError
-from attentive_gcnn.train import train
+from attentive_gcnn.train import check_slices, train
 from attentive_gcnn.training.distributed import SINGLE, Ranks, detect_ranks
 from attentive_gcnn.training.signals import RunInterrupted, critical, stop_on_signals
 from tests.test_train import REPO, compose_cfg, tiny_rotmnist
@@ -60,6 +60,15 @@ def test_a_slice_is_augmented_as_its_rows_of_the_whole_batch():
     halves = [next(iter(SeededBatchSampler(sampler, 10, seed=1, rank=r, world=2))) for r in range(2)]
     xs, ys = data.__getitems__(full)
     assert torch.equal(torch.cat([data.__getitems__(h)[0] for h in halves]), xs)
+
+
+def test_every_rank_gets_images_of_every_training_batch():
+    check_slices(150, 16, 2)  # last batch of 6
+    check_slices(17, 16, 1)  # one process: a last batch of 1 is fine
+    with pytest.raises(ConfigError, match="batch of 1 image"):
+        check_slices(17, 16, 2)
+    with pytest.raises(ConfigError, match="batch of 2 image"):
+        check_slices(100, 2, 4)
 
 
 def test_ranks_from_torchrun_and_srun_variables():

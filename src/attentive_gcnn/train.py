@@ -147,6 +147,7 @@ class Run:
         self.source = make_source(cfg.dataset.source)
         check_fits(self.model, cfg.model.name, self.source, cfg.dataset)
         self.splits = self.source.splits(cfg.protocol)
+        check_slices(len(self.splits.train), cfg.training.batch_size, ranks.world)
         self.model.to(self.device)
         self.optimizer = build_optimizer(instantiate(cfg.training.optimizer), self.model.parameters(), self.device)
         self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
@@ -313,6 +314,16 @@ class Run:
             with critical():
                 write_summary(self.run_dir, summary)
         return summary
+
+
+def check_slices(n: int, batch_size: int, world: int) -> None:
+    """Every training batch must give each of ``world`` processes at least one image."""
+    smallest = min(batch_size, n % batch_size or batch_size, n)
+    if world > 1 and smallest < world:
+        raise ConfigError(
+            f"a training batch of {smallest} image(s) ({n} images in batches of {batch_size}) cannot be split over "
+            f"{world} processes; use fewer processes or another training.batch_size"
+        )
 
 
 def check_finite(loss: float, split: str, when: str) -> None:
