@@ -152,10 +152,9 @@ class Run:
         self.optimizer = build_optimizer(instantiate(cfg.training.optimizer), self.model.parameters(), self.device)
         self.scheduler = instantiate(cfg.training.scheduler)(self.optimizer) if cfg.training.scheduler else None
         progress = show_progress(cfg.progress) and ranks.main
-        train_module = data_parallel(self.model, self.device)  # the model itself in one process
-        module = compiled(self.model, cfg.get("compile", False), self.device)
-        if train_module is not self.model:
-            train_module = compiled(train_module, cfg.get("compile", False), self.device)
+        module = compiled(self.model, cfg.get("compile", False), self.device)  # evaluates; trains in one process
+        if ranks.parallel:  # several processes train through DDP; evaluation runs the plain module on each slice
+            train_module = compiled(data_parallel(self.model, self.device), cfg.get("compile", False), self.device)
         else:
             train_module = module
         check_every = CHECK_EVERY if self.device.type == "cuda" else None  # a per-step check is free on a CPU
