@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
-BENCH_ARGS ?= plain_p4cnn p4cnn fa_p4cnn a_p4cnn a_p4cnn@attention_impl=reference a_p4_allcnnc --batch-size-for a_p4_allcnnc=16 --rounds 5
+BENCH_ARGS ?= plain_p4cnn p4cnn fa_p4cnn fa_p4cnn@attention_impl=reference a_p4cnn a_p4cnn@attention_impl=reference \
+	a_p4_allcnnc --batch-size-for a_p4_allcnnc=16 --baseline p4cnn --rounds 7
 SEEDS ?= 3
 # reproduce-mini's seeds unless SEEDS is given: 5 under protocol clean, 3 under original
 MINI_SEEDS = $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),clean=5 original=3)

@@ -423,7 +423,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "full pass; a quick pass publishes nothing and writes its tables and figures under its runs directory)",
     )
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="what to do (default all)")
-    parser.add_argument("--figure-limit", type=int, default=500, help="test images per angle in the rotation plot")
+    parser.add_argument("--figure-limit", type=int, default=2000, help="test images per angle in the rotation plot")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. paths.data_dir=/data")
     args = parser.parse_args(argv)
