@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from attentive_gcnn.checkpoint import load_model_checkpoint
-from attentive_gcnn.publish import SUMS, check_sums
-from attentive_gcnn.viz.common import load_split
+from attentive_gcnn.errors import UserError
+from attentive_gcnn.publish import SUMS, check_sums, read_sums
+from attentive_gcnn.viz.common import load_split, report_user_errors
 
 REPO = Path(__file__).resolve().parents[1]
 INVARIANCE_RTOL = 1e-4  # relative to max |logit|, float32
@@ -42,7 +43,7 @@ def eval_only(ckpt: Path, run: dict, workdir: Path) -> dict:
     cmd += [f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"eval_only failed:\n{result.stdout}{result.stderr}")
+        raise UserError(f"eval_only of {ckpt} failed:\n{result.stdout}{result.stderr}")
     return json.loads((run_dir / "summary.json").read_text())
 
 
@@ -54,15 +55,19 @@ def rotation_error(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(max(diffs) / y.abs().max())
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=REPO / "results/checkpoints/mini")
     parser.add_argument("--models", nargs="+", help="only these models (default: every listed checkpoint)")
     args = parser.parse_args(argv)
     if not (args.dir / SUMS).is_file():
-        print(f"error: {args.dir / SUMS} does not exist", file=sys.stderr)
-        return 2
-    names = [line.split("  ", 1)[1] for line in (args.dir / SUMS).read_text().splitlines()]
+        raise UserError(f"{args.dir / SUMS} does not exist")
+    names = [name for _, name in read_sums(args.dir)]
+    unknown = sorted(set(args.models or ()) - {Path(n).stem for n in names})
+    if unknown:
+        listed = ", ".join(Path(n).stem for n in names)
+        raise UserError(f"no checkpoint of {', '.join(unknown)} in {args.dir / SUMS} (it lists {listed})")
     names = [n for n in names if not args.models or Path(n).stem in args.models]
     bad_sums, failures = set(check_sums(args.dir)), 0
     with tempfile.TemporaryDirectory() as tmp:

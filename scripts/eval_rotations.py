@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from collections import Counter
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 
 from attentive_gcnn.errors import UserError
 from attentive_gcnn.rotations import RotationTTA
+from attentive_gcnn.training.runlog import write_atomic
 from attentive_gcnn.viz import (
     accuracy_vs_angle,
     dataset_names,
@@ -176,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             ]
             report(tta_label(labels[str(path)], k), results)
 
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({**r, "angle_deg": f"{r['angle_deg']:g}"} for r in rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({**r, "angle_deg": f"{r['angle_deg']:g}"} for r in rows)
     n = rows[0]["n"]
-    plot(rows, labels, f"{args.dataset} {args.split} ({n} images), rotated inputs", png_path)
+    plot(rows, labels, f"{args.dataset} {args.split} ({n} images), rotated inputs", png_path)  # then the CSV
+    write_atomic(csv_path, table.getvalue())
     print(f"wrote {csv_path}\nwrote {png_path}")
     return 0
 

@@ -27,7 +27,9 @@ any such pair gets no comparison files.
 table file just written; other text is left alone.
 
 The output depends only on the inputs (sorted, no timestamps), and the paths written into it are relative to the
-repository when inside it, so rebuilding gives the same bytes.
+repository when inside it, so rebuilding gives the same bytes. The table files are derived data: each rebuild
+replaces them (each file atomically), and only after every input, the README included, was read and checked, so
+an error leaves the previous tables and README as they were.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from attentive_gcnn.results import (
     warn,
     welch_interval,
 )
+from attentive_gcnn.training.runlog import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_ORDER = ("table1", "table2", "table3", "mini")
@@ -441,26 +444,29 @@ def missing_rows(table: Table, paper: dict[str, dict], rows: list[dict]) -> list
     return [f"{table.name}/{e.split('/', 1)[1]}" for e in wanted if e not in have]
 
 
-def write_tables(runs: list[Run], paper: dict[str, dict], out: Path, context: dict) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+def render_tables(runs: list[Run], paper: dict[str, dict], out: Path, context: dict) -> dict[Path, str]:
+    """The text of every table file, keyed by its path under ``out`` (nothing is written)."""
+    files: dict[Path, str] = {}
     for name, table_runs in tables_of(runs).items():
         table = Table(name)
         groups = with_training_identity(group_runs(table_runs))
         rows = build_rows(table, groups, paper)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         md = markdown_text(table, rows, table_runs, context, missing_rows(table, paper, rows))
-        files = [(out / f"{stem}.md", md), (out / f"{stem}.csv", csv_text(table, rows))]
+        files[out / f"{stem}.md"] = md
+        files[out / f"{stem}.csv"] = csv_text(table, rows)
         comparison = compare(name, groups)
         if comparison:
-            files += [
-                (out / f"{stem}_comparison.md", comparison_markdown(name, comparison, context)),
-                (out / f"{stem}_comparison.csv", comparison_csv(comparison)),
-            ]
-        for path, text in files:
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
-    return written
+            files[out / f"{stem}_comparison.md"] = comparison_markdown(name, comparison, context)
+            files[out / f"{stem}_comparison.csv"] = comparison_csv(comparison)
+    return files
+
+
+def check_out(out: Path) -> None:
+    """Raise :class:`ResultsError` unless ``out`` is, or can become, a directory."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ResultsError(f"--out {out}: {existing} is not a directory")
 
 
 BLOCK = re.compile(r"(<!-- begin: (?P<file>\S+) -->\n)(?P<body>.*?)(<!-- end: (?P=file) -->)", re.DOTALL)
@@ -488,12 +494,14 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
-def update_readme(readme: Path, written: list[Path]) -> bool:
-    """Refresh the README's blocks ``<!-- begin: results/tables/X.md -->`` ... ``<!-- end: ... -->`` (or
-    ``X.md#section``: that section only) with the tables just written (other blocks are left alone); True if the
-    README changed."""
-    texts = {shown(path): path.read_text(encoding="utf-8") for path in written if path.suffix == ".md"}
-    text = readme.read_text(encoding="utf-8")
+def refreshed_readme(readme: Path, files: dict[Path, str]) -> str:
+    """The README with its blocks ``<!-- begin: results/tables/X.md -->`` ... ``<!-- end: ... -->`` (or
+    ``X.md#section``: that section only) refilled from the tables ``files`` (other blocks are left alone)."""
+    texts = {shown(path): text for path, text in files.items() if path.suffix == ".md"}
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"--readme {readme}: cannot read it ({e})") from None
 
     def fill(match: re.Match) -> str:
         file, _, section = match["file"].partition("#")
@@ -504,10 +512,7 @@ def update_readme(readme: Path, written: list[Path]) -> bool:
             raise ResultsError(f"{readme}: {file} has no section #{section}")
         return match.group(1) + body + match.group(4)
 
-    new = BLOCK.sub(fill, text)
-    if new != text:
-        readme.write_text(new, encoding="utf-8")
-    return new != text
+    return BLOCK.sub(fill, text)
 
 
 def shown(path: Path) -> str:
@@ -547,10 +552,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         paper = read_paper(args.paper)
         context = {"runs": shown(args.runs), "paper": shown(args.paper), "total": len(runs), "command": command(args)}
-        written = write_tables(runs, paper, args.out, context)
-        for path in written:
+        check_out(args.out)
+        files = render_tables(runs, paper, args.out, context)
+        readme = refreshed_readme(args.readme, files) if args.readme else None  # checked before anything is written
+        args.out.mkdir(parents=True, exist_ok=True)
+        for path, text in files.items():
+            write_atomic(path, text)
             print(path)
-        if args.readme and update_readme(args.readme, written):
+        if readme is not None and readme != args.readme.read_text(encoding="utf-8"):
+            write_atomic(args.readme, readme)
             print(f"{args.readme}: tables refreshed")
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)

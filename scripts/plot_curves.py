@@ -50,6 +50,7 @@ from attentive_gcnn.results import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT / "results/reference/released_runs.csv"
+REFERENCE_COLUMNS = ("experiment", "metric", "value", "run", "seed", "protocol")  # what reference_lines reads
 # experiment -> (the authors' released history file, its seed); see authors_release/README.md
 HISTORY = {
     "table1/z2cnn": ("rotmnist_z2cnn_history.npy", 0),
@@ -117,13 +118,16 @@ def reference_lines(path: Path | None, curve: Curve, metric: str, short: bool = 
     wanted = "test_accuracy" if curve.split == "test" else "best_val_accuracy"
     rows = [r for r in read_csv(path) if r["experiment"] == curve.name and r["metric"] == wanted]
     what = "test accuracy" if wanted == "test_accuracy" else "best 'val' accuracy"
-    return [
-        (
-            float(r["value"]) * 100,
-            f"authors' {what}, {'' if short else r['run'] + ' '}seed {r['seed']} ({r['protocol']} protocol)",
+    lines = []
+    for r in rows:
+        try:
+            value = float(r["value"]) * 100
+        except (TypeError, ValueError):
+            raise ResultsError(f"{path}: {curve.name} {wanted} is not a number ({r['value']!r})") from None
+        lines.append(
+            (value, f"authors' {what}, {'' if short else r['run'] + ' '}seed {r['seed']} ({r['protocol']} protocol)")
         )
-        for r in rows
-    ]
+    return lines
 
 
 def history_source(name: str) -> tuple[str, int, str] | None:
@@ -155,9 +159,13 @@ def authors_log(directory: Path | None, name: str, metric: str, train: bool) -> 
     if not (directory / file).is_file():
         warn(f"{directory / file} not found; no authors' log for {name}")
         return None
-    history = np.load(directory / file)
+    try:
+        history = np.asarray(np.load(directory / file), dtype=np.float64)
+        values = history[HISTORY_ROW[metric, train]]
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        raise ResultsError(f"{directory / file} is not one of the authors' history arrays ({e})") from None
     split = "train" if train else "valid" if file.startswith("pcam") else "test"
-    return history[HISTORY_ROW[metric, train]] * scale(metric), label, split
+    return values * scale(metric), label, split
 
 
 def authors_history(directory: Path | None, curve: Curve, metric: str) -> tuple[np.ndarray, str] | None:
@@ -334,6 +342,13 @@ def check_inputs(args: argparse.Namespace) -> None:
         args.reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_file() else None
     elif not args.reference.is_file():
         raise ResultsError(f"--reference {args.reference} does not exist")
+    if args.reference is not None:
+        rows = read_csv(args.reference)
+        missing = [c for c in REFERENCE_COLUMNS if c not in (rows[0] if rows else {})]
+        if missing:
+            raise ResultsError(f"--reference {args.reference} has no rows with the column(s) {', '.join(missing)}")
+    if args.ylim and args.ylim[0] >= args.ylim[1]:
+        raise ResultsError(f"--ylim LOW HIGH needs LOW < HIGH, not {args.ylim[0]:g} {args.ylim[1]:g}")
     if args.authors_history is not None and not args.authors_history.is_dir():
         raise ResultsError(f"--authors-history {args.authors_history} is not a directory")
 

@@ -431,8 +431,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds = parse_seeds(args.seeds, args.protocols)
     except ValueError as e:
         parser.error(str(e))
-    if (args.epochs is not None and args.epochs < 1) or args.jobs < 1:
-        parser.error("--epochs and --jobs must be positive")
+    if (args.epochs is not None and args.epochs < 1) or args.jobs < 1 or args.figure_limit < 1:
+        parser.error("--epochs, --jobs and --figure-limit must be positive")
     if args.gpus is not None:
         args.gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
         if not args.gpus or not all(g.isdigit() for g in args.gpus) or len(set(args.gpus)) != len(args.gpus):

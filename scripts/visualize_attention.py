@@ -240,6 +240,8 @@ def parse_args(argv):
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        raise UserError(f"--out {args.out} must end in .png")
     model, ckpt = load_model_checkpoint(args.ckpt)
     name = ckpt["model"]
     try:

@@ -342,3 +342,40 @@ def test_eval_rotations_labels_and_errors(ckpts, tmp_path, capsys):
     assert evr.main([str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_checkpoint_that_builds_no_model_is_a_clear_error(ckpts, tmp_path, capsys):
+    payload = torch.load(ckpts["p4cnn"], weights_only=False)
+    no_target = {**payload, "net": {"group": "p4"}}
+    no_target.pop("sha256", None)
+    missing_weight = {**payload, "state_dict": {k: v for k, v in payload["state_dict"].items() if k != "c1.weight"}}
+    missing_weight.pop("sha256", None)
+    for name, bad in (("no_target", no_target), ("missing_weight", missing_weight)):
+        path = save_checkpoint(tmp_path / f"{name}.ckpt", bad)
+        out = tmp_path / "figs" / name
+        assert script("eval_rotations").main([str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: checkpoint {path} does not hold a usable model") and err.count("\n") == 1
+        assert not (tmp_path / "figs").exists()  # the output folder is made only when writing
+
+
+def test_visualize_attention_wants_a_png_and_a_writable_folder(ckpts, tmp_path, capsys):
+    va = script("visualize_attention")
+    assert va.main([str(ckpts["fa_p4cnn"]), "--out", str(tmp_path / "maps.txt")]) == 2
+    assert "must end in .png" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert va.main([str(ckpts["fa_p4cnn"]), "--out", str(tmp_path / "file/maps.png")]) == 2
+    assert "file is not a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_check_checkpoints_refuses_a_malformed_sums_file_and_unknown_models(ckpts, tmp_path, capsys):
+    cc = script("check_checkpoints")
+    (tmp_path / "SHA256SUMS").write_text("garbage line\n")
+    assert cc.main(["--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'SHA256SUMS'}, line 1: not '<sha256>  <file name>'")
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  p4cnn.ckpt\n")
+    assert cc.main(["--dir", str(tmp_path), "--models", "p4cnn", "nosuch"]) == 2
+    assert "no checkpoint of nosuch" in capsys.readouterr().err
+    assert cc.main(["--dir", str(tmp_path)]) == 1  # listed but missing: a failed check, not an error
+    assert "FAIL p4cnn.ckpt" in capsys.readouterr().out

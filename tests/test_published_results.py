@@ -17,14 +17,14 @@ from hydra import compose, initialize_config_dir
 
 from attentive_gcnn.checkpoint import load_model_checkpoint
 from attentive_gcnn.config_dir import CONFIG_DIR
-from attentive_gcnn.publish import SUMS, check_sums
+from attentive_gcnn.publish import check_sums, read_sums
 from attentive_gcnn.train import evaluate
 from attentive_gcnn.viz.common import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "results/checkpoints/mini"
 RUNS, TABLES = REPO / "results/runs", REPO / "results/tables"
-PUBLISHED = [line.split("  ", 1)[1] for line in (CHECKPOINTS / SUMS).read_text().splitlines()]
+PUBLISHED = [name for _, name in read_sums(CHECKPOINTS)]
 CHEAP = ("z2cnn.ckpt", "p4cnn.ckpt")  # evaluated on the whole test split here; scripts/check_checkpoints.py does all
 
 

@@ -95,6 +95,9 @@ def test_launcher_sweeps_and_one_job_per_gpu(tmp_path, capsys):
     with pytest.raises(SystemExit):
         module.parse_args(["--table", "mini", "--gpus", "0,1,1"])
     assert "distinct GPU ids" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused before any training, not at the figures stage
+        module.parse_args(["--table", "mini", "--figure-limit", "0"])
+    assert "--figure-limit must be positive" in capsys.readouterr().err
     pool = module.Pool(module.Places(tmp_path / "pool", None, None), 1, False, ["0", "3"])
     show = [sys.executable, "-c", "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(0.5)"]
     jobs = [module.Job("table1/p4cnn", "clean", seed) for seed in range(3)]

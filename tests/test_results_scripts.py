@@ -432,6 +432,66 @@ def test_make_tables_errors(runs_dir, tmp_path, capsys):
     assert rc == 2 and io.err.startswith("error: no complete training runs") and not (tmp_path / "t2").exists()
 
 
+def edit_summary(run_dir: Path, **changes) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, **changes}))
+
+
+def test_runs_with_mistyped_summary_values_are_skipped_with_a_warning(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_run(root, "table1/p4cnn", "clean", 0, 2.0)
+    edit_summary(write_run(root, "table1/p4cnn", "clean", 1, 2.5), seed="abc")
+    edit_summary(write_run(root, "table1/p4cnn", "clean", 2, 3.0), test_error="oops", params=True)
+    rc, io = make_tables(["--runs", str(root), "--out", str(tmp_path / "t")], capsys)
+    assert rc == 0 and "seed must be an integer, not 'abc'" in io.err
+    assert "test_error='oops', params=True must be numbers" in io.err
+    (row,) = read_rows(tmp_path / "t/table1.csv")
+    assert row["n"] == "1" and float(row["test_error_mean"]) == 2.0
+
+
+def test_a_bad_metrics_row_is_named_by_file_and_line(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "runs", "table1/p4cnn", "clean", 0, 2.0)
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    lines[3] = "foo" + lines[3][1:]
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    rc, io = plot(["--runs", str(tmp_path / "runs"), "--select", "*", "--out", str(tmp_path / "c.png")], capsys)
+    assert rc == 2 and f"error: {run_dir / 'metrics.csv'}, line 4: not a metrics row" in io.err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_make_tables_checks_out_and_readme_before_writing(runs_dir, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert make_tables(["--runs", str(runs_dir), "--out", str(out)], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write_run(runs_dir, "table1/p4cnn", "clean", 5, 9.0)  # a rebuild would change the tables
+    rc, io = make_tables(["--runs", str(runs_dir), "--out", str(out), "--readme", str(tmp_path / "no.md")], capsys)
+    assert rc == 2 and io.err.startswith("error: --readme") and "cannot read it" in io.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written
+    (tmp_path / "file").write_text("x")
+    rc, io = make_tables(["--runs", str(runs_dir), "--out", str(tmp_path / "file/t")], capsys)
+    assert rc == 2 and "is not a directory" in io.err
+
+
+def test_plot_curves_rejects_a_bad_reference_and_ylim(runs_dir, tmp_path, capsys):
+    argv = ["--runs", str(runs_dir), "--select", "table1/p4cnn", "--out", str(tmp_path / "c.png")]
+    (tmp_path / "ref.csv").write_text("name,value\nx,1\n")
+    rc, io = plot(argv + ["--reference", str(tmp_path / "ref.csv")], capsys)
+    assert rc == 2 and "has no rows with the column(s) experiment, metric" in io.err
+    rc, io = plot(argv + ["--ylim", "99", "95"], capsys)
+    assert rc == 2 and "needs LOW < HIGH" in io.err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_curves_names_an_unreadable_authors_history(runs_dir, tmp_path, capsys):
+    history = tmp_path / "release"
+    history.mkdir()
+    file = script("plot_curves").HISTORY["table1/p4cnn"][0]
+    np.save(history / file, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    argv = ["--runs", str(runs_dir), "--select", "table1/p4cnn", "--out", str(tmp_path / "c.png")]
+    rc, io = plot(argv + ["--authors-history", str(history)], capsys)
+    assert rc == 2 and f"error: {history / file} is not one of the authors' history arrays" in io.err
+
+
 def test_find_runs_reads_identity_from_the_files(runs_dir):
     runs = find_runs(runs_dir)
     assert len(runs) == 9 and all(r.complete for r in runs)

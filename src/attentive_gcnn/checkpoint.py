@@ -93,7 +93,8 @@ def load_model(path: str | Path) -> nn.Module:
 def load_model_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """The model of a checkpoint of this project with its weights, in eval mode, and the checkpoint dict.
 
-    A missing file, or one that is not a checkpoint of this project, raises :class:`UserError`.
+    A missing file, one that is not a checkpoint of this project, or one whose network description or weights do
+    not make a model raises :class:`UserError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -102,6 +103,13 @@ def load_model_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         ckpt = load_checkpoint(path)
     except ValueError as e:
         raise UserError(str(e)) from None
-    model = build_from_config(OmegaConf.create(ckpt["net"]))
-    model.load_state_dict(ckpt["state_dict"])
+    net, weights = ckpt.get("net"), ckpt.get("state_dict")
+    try:
+        model = build_from_config(OmegaConf.create(net))
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"its 'net' builds a {type(model).__name__}, not a torch module")
+        model.load_state_dict(weights)
+    except Exception as e:  # a bad 'net' fails in OmegaConf or Hydra, bad weights in load_state_dict
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"checkpoint {path} does not hold a usable model ({type(e).__name__}: {first})") from None
     return model.eval(), ckpt

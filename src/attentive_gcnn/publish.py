@@ -103,12 +103,28 @@ def publish_checkpoint(run_dir: Path, dest: Path) -> bool:
     return True
 
 
+def read_sums(directory: Path) -> list[tuple[str, str]]:
+    """The (SHA-256, file name) entries of ``directory/SHA256SUMS``; :class:`UserError` for a missing file or a
+    line that is not ``<64 hex digits>  <name>``."""
+    path = Path(directory) / SUMS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e})") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        digest, sep, name = line.partition("  ")
+        if not sep or not name or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise UserError(f"{path}, line {number}: not '<sha256>  <file name>' ({line!r})")
+        entries.append((digest, name))
+    return entries
+
+
 def check_sums(directory: Path) -> list[str]:
     """The files of ``directory/SHA256SUMS`` whose SHA-256 differs from the listed one (or that are missing)."""
     directory = Path(directory)
     bad = []
-    for line in (directory / SUMS).read_text().splitlines():
-        digest, name = line.split("  ", 1)
+    for digest, name in read_sums(directory):
         path = directory / name
         if not path.is_file() or sha256_of(path) != digest:
             bad.append(name)

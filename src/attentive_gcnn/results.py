@@ -31,6 +31,8 @@ SUMMARY, METRICS, HYDRA_CONFIG = "summary.json", "metrics.csv", ".hydra/config.y
 PROTOCOL_ORDER = ("clean", "original")
 TTA_MARK = "+tta"  # a TTA evaluation's table cell is <experiment>+tta<K>, e.g. mini/z2cnn+tta4
 FINAL_SPLITS = ("test_last", "test_best")  # the one-off rows written after training
+# summary.json values the tables and figures compute with: a run where one is not a number (or null) is skipped
+NUMERIC_FIELDS = ("epochs", "best_epoch", "test_error", "last_test_error", "test_accuracy", "params", "wall_time_s")
 LARGE_DF = 1e5  # student_t_quantile: above this, a series around the normal quantile instead of bisection
 
 
@@ -128,8 +130,21 @@ def _complete_run(path: Path, tta: bool = False) -> Run | None:
     if missing:
         warn(f"skipping {path}: no {', '.join(missing)}")
         return None
+    if not _is_number(summary["seed"], integer=True):
+        warn(f"skipping {path}: seed must be an integer, not {summary['seed']!r}")
+        return None
+    bad = [key for key in NUMERIC_FIELDS if summary.get(key) is not None and not _is_number(summary[key])]
+    if bad:
+        warn(f"skipping {path}: {', '.join(f'{key}={summary[key]!r}' for key in bad)} must be numbers")
+        return None
     name = str(summary["name"]) if k is None else tta_name(str(summary["name"]), k)
     return Run(path.parent, name, str(summary["protocol"]), int(summary["seed"]), summary)
+
+
+def _is_number(value, integer: bool = False) -> bool:
+    """Whether a JSON value is a number (an integer if ``integer``); booleans are not."""
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def _tta_of(path: Path, summary: dict) -> int | None:
@@ -201,8 +216,18 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 
 def read_metrics(run: Run) -> list[dict]:
-    """``metrics.csv`` of a run with typed values (epoch int, split str, the rest float; NaN where empty)."""
-    return [{key: _typed(key, value) for key, value in row.items()} for row in read_csv(run.dir / METRICS)]
+    """``metrics.csv`` of a run with typed values (epoch int, split str, the rest float; NaN where empty).
+
+    Raises :class:`ResultsError` naming the file and the row if a value is not of its column's type.
+    """
+    path = run.dir / METRICS
+    rows = []
+    for line, row in enumerate(read_csv(path), start=2):  # line 1 is the header
+        try:
+            rows.append({key: _typed(key, value) for key, value in row.items()})
+        except (TypeError, ValueError):
+            raise ResultsError(f"{path}, line {line}: not a metrics row ({dict(row)})") from None
+    return rows
 
 
 def _typed(key: str, value: str | None):

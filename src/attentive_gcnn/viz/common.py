@@ -75,17 +75,27 @@ def check_model_fits(model: nn.Module, model_name: str, data: SplitData) -> None
 
 
 def prepare_output(paths: Sequence[str | Path], force: bool) -> list[Path]:
-    """Refuse to replace an existing output unless ``force``; create the parent directories."""
+    """Check the outputs before any work: refuse to replace an existing one unless ``force``, and one whose folder
+    cannot be made (a file on its path). Nothing is created here: :func:`make_parent` does it when writing."""
     paths = [Path(p) for p in paths]
     for p in paths:
         if p.exists() and not force:
             raise UserError(f"{p} exists; pass --force to replace it")
-    for p in paths:
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create {p.parent} ({e.strerror})") from None
+        if p.is_dir():
+            raise UserError(f"{p} is a directory, not a file name")
+        existing = next(a for a in (p.parent, *p.parent.parents) if a.exists() or a == a.parent)
+        if existing.exists() and not existing.is_dir():
+            raise UserError(f"cannot write {p}: {existing} is not a directory")
     return paths
+
+
+def make_parent(path: Path) -> Path:
+    """Create the folder of an output ``path`` (with its parents) just before it is written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path.parent} ({e.strerror})") from None
+    return path
 
 
 def pyplot():
@@ -101,7 +111,7 @@ def pyplot():
 def save_figure(fig, path: Path, dpi: int = 150) -> Path:
     """Write ``fig`` as a PNG atomically (see :func:`attentive_gcnn.training.runlog.atomic_path`) and close it."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(make_parent(Path(path))) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         pyplot().close(fig)
