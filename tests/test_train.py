@@ -489,7 +489,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_eval_only_of_a_missing_or_foreign_checkpoint(tmp_path):
     missing = cli("eval_only=true", f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path / 'a'}")
-    assert_clean_error(missing, "does not exist")
+    assert_clean_error(missing, f"checkpoint {tmp_path / 'none.ckpt'} does not exist")
+    assert not (tmp_path / "a").exists()  # refused before Hydra makes the run directory
     torch.save({"weights": 1}, tmp_path / "foreign.ckpt")
     foreign = cli("eval_only=true", f"ckpt_path={tmp_path / 'foreign.ckpt'}", f"hydra.run.dir={tmp_path / 'b'}")
     assert_clean_error(foreign, "not a checkpoint of this project")

@@ -1,7 +1,8 @@
-"""The project's Hydra callback: it checks the output directory before Hydra creates it, so that an unwritable
-``hydra.run.dir`` (or ``hydra.sweep.dir``) gives one clear line instead of a traceback, and ends a sweep whose jobs
-failed with the list of them and exit status 1 (a failed job does not stop the sweep: every job runs). Jobs that
-run in other processes (the submitit launchers) record their failure in ``<sweep dir>/.failed_jobs/``."""
+"""The project's Hydra callback. It checks the options and the output directory before Hydra creates it, so that a
+bad option or an unwritable ``hydra.run.dir`` (or ``hydra.sweep.dir``) gives one clear line instead of a traceback
+and leaves no directory behind; and it ends a sweep whose jobs failed with the list of them and exit status 1 (a
+failed job does not stop the sweep: every job runs). Jobs that run in other processes (the submitit launchers)
+record their failure in ``<sweep dir>/.failed_jobs/``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from attentive_gcnn.errors import ConfigError
+from attentive_gcnn.training.options import check_options
 from attentive_gcnn.training.rundir import ensure_writable
 from attentive_gcnn.training.runlog import write_json
 
@@ -28,6 +30,19 @@ def check_writable(path: str | Path, key: str) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_task_options(config: DictConfig) -> None:
+    """The entrypoint's option checks (:func:`attentive_gcnn.training.options.check_options`) before Hydra creates
+    the run directory: a refused run leaves none. Options that cannot be read before the run starts (an
+    interpolation of Hydra's runtime) are left to the entrypoint, which checks them again."""
+    try:
+        check_options(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception:  # noqa: BLE001 (unreadable here; the entrypoint reports it)
+        return
 
 
 FAILED_JOBS: list[tuple[int, list[str], str]] = []  # (job number, overrides, error) of this process's sweep
@@ -59,6 +74,7 @@ class CheckOutputDir(Callback):
     of a sweep (jobs run in this process, as Hydra's default launcher does) at its end."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_task_options(config)
         check_writable(OmegaConf.select(config, "hydra.run.dir"), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
