@@ -43,6 +43,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from attentive_gcnn.errors import UserError
+from attentive_gcnn.outputs import check_folder
 from attentive_gcnn.results import (
     ResultsError,
     Run,
@@ -463,10 +465,11 @@ def render_tables(runs: list[Run], paper: dict[str, dict], out: Path, context: d
 
 
 def check_out(out: Path) -> None:
-    """Raise :class:`ResultsError` unless ``out`` is, or can become, a directory."""
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ResultsError(f"--out {out}: {existing} is not a directory")
+    """Raise :class:`ResultsError` unless ``out`` is, or can become, a writable directory."""
+    try:
+        check_folder(out, f"--out {out}")
+    except UserError as e:
+        raise ResultsError(str(e)) from None
 
 
 BLOCK = re.compile(r"(<!-- begin: (?P<file>\S+) -->\n)(?P<body>.*?)(<!-- end: (?P=file) -->)", re.DOTALL)
@@ -562,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         if readme is not None and readme != args.readme.read_text(encoding="utf-8"):
             write_atomic(args.readme, readme)
             print(f"{args.readme}: tables refreshed")
-    except ResultsError as e:
+    except (ResultsError, UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

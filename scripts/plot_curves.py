@@ -26,6 +26,7 @@ TTA evaluations (``tta<K>/summary.json``) have no per-epoch rows and are never p
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import re
 import sys
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attentive_gcnn.errors import UserError
+from attentive_gcnn.outputs import check_output, make_parent
 from attentive_gcnn.results import (
     ResultsError,
     Run,
@@ -47,6 +50,7 @@ from attentive_gcnn.results import (
     series,
     warn,
 )
+from attentive_gcnn.training.runlog import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT / "results/reference/released_runs.csv"
@@ -284,12 +288,14 @@ def grid_figure(panels: list[Panel], args: argparse.Namespace):
 
 
 def save_png(fig, path: Path) -> None:
-    """Write ``fig`` to ``path`` (creating its directory), legends outside the axes included, and close it."""
+    """Write ``fig`` to ``path`` atomically (creating its folder), legends outside the axes included; close it."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(make_parent(path)) as tmp:
+            fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -330,8 +336,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     """Refuse to overwrite, and reject missing reference inputs, before reading any run."""
     if args.out.suffix.lower() != ".png":
         raise ResultsError(f"--out {args.out} must end in .png")
-    if args.out.exists() and not args.force:
-        raise ResultsError(f"{args.out} exists; pass --force to overwrite it")
+    check_output(args.out, args.force)
     if args.grid and args.split == "train":
         raise ResultsError("--grid draws the training split next to --split: choose select, valid or test")
     if args.cols < 1:
@@ -343,10 +348,11 @@ def check_inputs(args: argparse.Namespace) -> None:
     elif not args.reference.is_file():
         raise ResultsError(f"--reference {args.reference} does not exist")
     if args.reference is not None:
-        rows = read_csv(args.reference)
-        missing = [c for c in REFERENCE_COLUMNS if c not in (rows[0] if rows else {})]
+        with args.reference.open(newline="", encoding="utf-8") as f:
+            columns = csv.DictReader(f).fieldnames or []
+        missing = [c for c in REFERENCE_COLUMNS if c not in columns]
         if missing:
-            raise ResultsError(f"--reference {args.reference} has no rows with the column(s) {', '.join(missing)}")
+            raise ResultsError(f"--reference {args.reference} lacks the column(s) {', '.join(missing)}")
     if args.ylim and args.ylim[0] >= args.ylim[1]:
         raise ResultsError(f"--ylim LOW HIGH needs LOW < HIGH, not {args.ylim[0]:g} {args.ylim[1]:g}")
     if args.authors_history is not None and not args.authors_history.is_dir():
@@ -378,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             if not curves:
                 raise ResultsError(f"the matching runs have no '{args.split}' rows in their metrics.csv")
             plot(curves, args)
-    except ResultsError as e:
+    except (ResultsError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(args.out)

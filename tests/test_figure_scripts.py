@@ -1,6 +1,7 @@
 """scripts/visualize_attention.py, scripts/eval_rotations.py and their library, attentive_gcnn.viz."""
 
 import csv
+import hashlib
 import importlib.util
 import re
 import subprocess
@@ -379,3 +380,10 @@ def test_check_checkpoints_refuses_a_malformed_sums_file_and_unknown_models(ckpt
     assert "no checkpoint of nosuch" in capsys.readouterr().err
     assert cc.main(["--dir", str(tmp_path)]) == 1  # listed but missing: a failed check, not an error
     assert "FAIL p4cnn.ckpt" in capsys.readouterr().out
+    (tmp_path / "z2cnn.ckpt").write_bytes(b"not a checkpoint")  # its checksum right, its contents unusable
+    digest = hashlib.sha256(b"not a checkpoint").hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  p4cnn.ckpt\n{digest}  z2cnn.ckpt\n")
+    assert cc.main(["--dir", str(tmp_path)]) == 1  # both fail, each on its own line
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("FAIL p4cnn.ckpt") and out[1].startswith("FAIL z2cnn.ckpt: ")
+    assert "not a readable checkpoint" in out[1]

@@ -476,10 +476,15 @@ def test_plot_curves_rejects_a_bad_reference_and_ylim(runs_dir, tmp_path, capsys
     argv = ["--runs", str(runs_dir), "--select", "table1/p4cnn", "--out", str(tmp_path / "c.png")]
     (tmp_path / "ref.csv").write_text("name,value\nx,1\n")
     rc, io = plot(argv + ["--reference", str(tmp_path / "ref.csv")], capsys)
-    assert rc == 2 and "has no rows with the column(s) experiment, metric" in io.err
+    assert rc == 2 and "lacks the column(s) experiment, metric" in io.err
     rc, io = plot(argv + ["--ylim", "99", "95"], capsys)
     assert rc == 2 and "needs LOW < HIGH" in io.err
-    assert not (tmp_path / "c.png").exists()
+    (tmp_path / "file").write_text("x")
+    rc, io = plot([*argv[:-1], str(tmp_path / "file/c.png")], capsys)
+    assert rc == 2 and "file is not a directory" in io.err and not (tmp_path / "c.png").exists()
+    (tmp_path / "header.csv").write_text(",".join(script("plot_curves").REFERENCE_COLUMNS) + "\n")
+    rc, io = plot(argv + ["--reference", str(tmp_path / "header.csv")], capsys)  # no rows: no lines, no error
+    assert rc == 0 and (tmp_path / "c.png").exists()
 
 
 def test_plot_curves_names_an_unreadable_authors_history(runs_dir, tmp_path, capsys):

@@ -110,6 +110,7 @@ def load_model_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
             raise TypeError(f"its 'net' builds a {type(model).__name__}, not a torch module")
         model.load_state_dict(weights)
     except Exception as e:  # a bad 'net' fails in OmegaConf or Hydra, bad weights in load_state_dict
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"checkpoint {path} does not hold a usable model ({type(e).__name__}: {first})") from None
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        detail = detail if len(detail) <= 400 else detail[:400] + " ..."
+        raise UserError(f"checkpoint {path} does not hold a usable model ({type(e).__name__}: {detail})") from None
     return model.eval(), ckpt

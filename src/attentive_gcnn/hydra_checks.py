@@ -7,6 +7,7 @@ record their failure in ``<sweep dir>/.failed_jobs/``."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def check_task_options(config: DictConfig) -> None:
     try:
         check_options(config)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank checks; the first one reports
+            print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception:  # noqa: BLE001 (unreadable here; the entrypoint reports it)
         return

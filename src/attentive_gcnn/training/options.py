@@ -23,7 +23,7 @@ def check_options(cfg: DictConfig) -> None:
         problems.append(f"protocol={cfg.protocol} is not one of {', '.join(PROTOCOLS)}")
     if cfg.eval_only and not cfg.ckpt_path:
         problems.append("eval_only=true needs ckpt_path=PATH (a checkpoint of this project)")
-    if cfg.eval_only and cfg.ckpt_path and not Path(str(cfg.ckpt_path)).expanduser().is_file():
+    if cfg.eval_only and cfg.ckpt_path and not Path(str(cfg.ckpt_path)).is_file():
         problems.append(f"checkpoint {cfg.ckpt_path} does not exist (ckpt_path)")
     if cfg.ckpt_path and not cfg.eval_only:
         problems.append("ckpt_path is only read with eval_only=true (to continue a run, use resume=true)")

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.errors import UserError
+from attentive_gcnn.outputs import check_output, make_parent
 from attentive_gcnn.rotations import denormalize, normalize  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.training.checks import check_fits
 from attentive_gcnn.training.runlog import atomic_path
@@ -75,27 +76,9 @@ def check_model_fits(model: nn.Module, model_name: str, data: SplitData) -> None
 
 
 def prepare_output(paths: Sequence[str | Path], force: bool) -> list[Path]:
-    """Check the outputs before any work: refuse to replace an existing one unless ``force``, and one whose folder
-    cannot be made (a file on its path). Nothing is created here: :func:`make_parent` does it when writing."""
-    paths = [Path(p) for p in paths]
-    for p in paths:
-        if p.exists() and not force:
-            raise UserError(f"{p} exists; pass --force to replace it")
-        if p.is_dir():
-            raise UserError(f"{p} is a directory, not a file name")
-        existing = next(a for a in (p.parent, *p.parent.parents) if a.exists() or a == a.parent)
-        if existing.exists() and not existing.is_dir():
-            raise UserError(f"cannot write {p}: {existing} is not a directory")
-    return paths
-
-
-def make_parent(path: Path) -> Path:
-    """Create the folder of an output ``path`` (with its parents) just before it is written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {path.parent} ({e.strerror})") from None
-    return path
+    """Check the outputs before any work (see :func:`attentive_gcnn.outputs.check_output`); nothing is created
+    here: :func:`attentive_gcnn.outputs.make_parent` makes the folder when the file is written."""
+    return [check_output(p, force) for p in paths]
 
 
 def pyplot():
