@@ -464,14 +464,6 @@ def render_tables(runs: list[Run], paper: dict[str, dict], out: Path, context: d
     return files
 
 
-def check_out(out: Path) -> None:
-    """Raise :class:`ResultsError` unless ``out`` is, or can become, a writable directory."""
-    try:
-        check_folder(out, f"--out {out}")
-    except UserError as e:
-        raise ResultsError(str(e)) from None
-
-
 BLOCK = re.compile(r"(<!-- begin: (?P<file>\S+) -->\n)(?P<body>.*?)(<!-- end: (?P=file) -->)", re.DOTALL)
 
 
@@ -497,9 +489,10 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
-def refreshed_readme(readme: Path, files: dict[Path, str]) -> str:
-    """The README with its blocks ``<!-- begin: results/tables/X.md -->`` ... ``<!-- end: ... -->`` (or
-    ``X.md#section``: that section only) refilled from the tables ``files`` (other blocks are left alone)."""
+def refreshed_readme(readme: Path, files: dict[Path, str]) -> tuple[str, str]:
+    """The README's text and the same with its blocks ``<!-- begin: results/tables/X.md -->`` ...
+    ``<!-- end: ... -->`` (or ``X.md#section``: that section only) refilled from the tables ``files`` (other blocks
+    are left alone)."""
     texts = {shown(path): text for path, text in files.items() if path.suffix == ".md"}
     try:
         text = readme.read_text(encoding="utf-8")
@@ -515,7 +508,7 @@ def refreshed_readme(readme: Path, files: dict[Path, str]) -> str:
             raise ResultsError(f"{readme}: {file} has no section #{section}")
         return match.group(1) + body + match.group(4)
 
-    return BLOCK.sub(fill, text)
+    return text, BLOCK.sub(fill, text)
 
 
 def shown(path: Path) -> str:
@@ -555,15 +548,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         paper = read_paper(args.paper)
         context = {"runs": shown(args.runs), "paper": shown(args.paper), "total": len(runs), "command": command(args)}
-        check_out(args.out)
+        check_folder(args.out, f"--out {args.out}")
         files = render_tables(runs, paper, args.out, context)
-        readme = refreshed_readme(args.readme, files) if args.readme else None  # checked before anything is written
+        old, new = refreshed_readme(args.readme, files) if args.readme else ("", "")  # checked before any write
         args.out.mkdir(parents=True, exist_ok=True)
         for path, text in files.items():
             write_atomic(path, text)
             print(path)
-        if readme is not None and readme != args.readme.read_text(encoding="utf-8"):
-            write_atomic(args.readme, readme)
+        if new != old:
+            write_atomic(args.readme, new)
             print(f"{args.readme}: tables refreshed")
     except (ResultsError, UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

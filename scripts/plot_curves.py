@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from attentive_gcnn.errors import UserError
-from attentive_gcnn.outputs import check_output, make_parent
+from attentive_gcnn.outputs import check_output
+from attentive_gcnn.outputs import save_figure as save_png
 from attentive_gcnn.results import (
     ResultsError,
     Run,
@@ -50,7 +51,6 @@ from attentive_gcnn.results import (
     series,
     warn,
 )
-from attentive_gcnn.training.runlog import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT / "results/reference/released_runs.csv"
@@ -287,17 +287,6 @@ def grid_figure(panels: list[Panel], args: argparse.Namespace):
     return fig
 
 
-def save_png(fig, path: Path) -> None:
-    """Write ``fig`` to ``path`` atomically (creating its folder), legends outside the axes included; close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(make_parent(path)) as tmp:
-            fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-
-
 def default_out(args: argparse.Namespace) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "+".join(args.select)).strip("-") or "curves"
     grid = "_grid" if args.grid else ""
@@ -384,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             if not curves:
                 raise ResultsError(f"the matching runs have no '{args.split}' rows in their metrics.csv")
             plot(curves, args)
-    except (ResultsError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (ResultsError, UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(args.out)

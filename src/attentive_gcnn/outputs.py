@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from attentive_gcnn.errors import UserError
+from attentive_gcnn.training.runlog import atomic_path
 
 
 def check_output(path: str | Path, force: bool = False) -> Path:
@@ -40,3 +41,16 @@ def make_parent(path: str | Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot create {path.parent} ({e.strerror})") from None
     return path
+
+
+def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
+    """Write a matplotlib figure as a PNG atomically (see :func:`attentive_gcnn.training.runlog.atomic_path`),
+    making its folder, with everything drawn outside the axes included; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(make_parent(path)) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -96,10 +96,9 @@ def publish_checkpoint(run_dir: Path, dest: Path) -> bool:
     payload = {k: ckpt[k] for k in ("model", "net", "state_dict", "epoch")}
     payload["state_dict"] = {k: v.contiguous() for k, v in payload["state_dict"].items()}
     save_checkpoint(dest, {**payload, "run": run})
-    sums = dest.parent / SUMS
-    lines = sums.read_text().splitlines() if sums.is_file() else []
-    lines = [line for line in lines if not line.endswith(f"  {dest.name}")] + [f"{sha256_of(dest)}  {dest.name}"]
-    write_atomic(sums, "\n".join(sorted(lines, key=lambda line: line.split("  ", 1)[1])) + "\n")
+    listed = read_sums(dest.parent) if (dest.parent / SUMS).is_file() else []
+    entries = sorted([(d, n) for d, n in listed if n != dest.name] + [(sha256_of(dest), dest.name)], key=lambda e: e[1])
+    write_atomic(dest.parent / SUMS, "".join(f"{d}  {n}\n" for d, n in entries))
     return True
 
 

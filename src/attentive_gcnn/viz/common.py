@@ -15,10 +15,9 @@ from torch.utils.data import Dataset
 from attentive_gcnn.checkpoint import load_model_checkpoint  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.config_dir import CONFIG_DIR
 from attentive_gcnn.errors import UserError
-from attentive_gcnn.outputs import check_output, make_parent
+from attentive_gcnn.outputs import check_output, save_figure  # noqa: F401 (save_figure re-exported)
 from attentive_gcnn.rotations import denormalize, normalize  # noqa: F401 (re-exported for the scripts)
 from attentive_gcnn.training.checks import check_fits
-from attentive_gcnn.training.runlog import atomic_path
 
 SPLITS = ("train", "valid", "test")
 
@@ -89,16 +88,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_figure(fig, path: Path, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG atomically (see :func:`attentive_gcnn.training.runlog.atomic_path`) and close it."""
-    try:
-        with atomic_path(make_parent(Path(path))) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        pyplot().close(fig)
-    return path
 
 
 def report_user_errors(main: Callable[..., int]) -> Callable[..., int]:
