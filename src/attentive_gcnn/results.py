@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attentive_gcnn.values import is_int, is_number
+
 SUMMARY, METRICS, HYDRA_CONFIG = "summary.json", "metrics.csv", ".hydra/config.yaml"
 PROTOCOL_ORDER = ("clean", "original")
 TTA_MARK = "+tta"  # a TTA evaluation's table cell is <experiment>+tta<K>, e.g. mini/z2cnn+tta4
@@ -130,10 +132,10 @@ def _complete_run(path: Path, tta: bool = False) -> Run | None:
     if missing:
         warn(f"skipping {path}: no {', '.join(missing)}")
         return None
-    if not _is_number(summary["seed"], integer=True):
+    if not is_int(summary["seed"]):
         warn(f"skipping {path}: seed must be an integer, not {summary['seed']!r}")
         return None
-    bad = [key for key in NUMERIC_FIELDS if summary.get(key) is not None and not _is_number(summary[key])]
+    bad = [key for key in NUMERIC_FIELDS if summary.get(key) is not None and not is_number(summary[key])]
     if bad:
         warn(f"skipping {path}: {', '.join(f'{key}={summary[key]!r}' for key in bad)} must be numbers")
         return None
@@ -141,18 +143,12 @@ def _complete_run(path: Path, tta: bool = False) -> Run | None:
     return Run(path.parent, name, str(summary["protocol"]), int(summary["seed"]), summary)
 
 
-def _is_number(value, integer: bool = False) -> bool:
-    """Whether a JSON value is a number (an integer if ``integer``); booleans are not."""
-    kinds = (int,) if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool)
-
-
 def _tta_of(path: Path, summary: dict) -> int | None:
     """K of an evaluation summary's ``tta``; None for an ordinary evaluation (no ``tta``, 0 or 1) or a bad value."""
     k = summary.get("tta")
-    if k is None or (isinstance(k, int) and not isinstance(k, bool) and k in (0, 1)):
+    if k is None or (is_int(k) and k in (0, 1)):
         return None
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    if not is_int(k) or k < 0:
         warn(f"skipping {path}: tta must be a non-negative integer, not {k!r}")
         return None
     return k

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from attentive_gcnn.data import rotate_images
+from attentive_gcnn.values import is_int
 
 
 def _stats(normalization: dict, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,7 +57,7 @@ def rotate_batch(x: Tensor, angle: float, normalization: dict) -> Tensor:
 
 def tta_angles(k: int) -> list[float]:
     """The ``k`` evenly spaced angles ``360 * i / k`` degrees, ``i = 0 .. k-1`` (multiples of 90 exactly)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"the number of rotations must be a positive integer, got {k!r}")
     return [360 * i / k for i in range(k)]
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from attentive_gcnn.data.arrays import PROTOCOLS
 from attentive_gcnn.errors import ConfigError
+from attentive_gcnn.values import is_int, is_number
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -56,12 +57,3 @@ def check_options(cfg: DictConfig) -> None:
         problems.append(f"eval_tta={tta} is only used with eval_only=true (it averages a checkpoint's logits)")
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-def is_int(value) -> bool:
-    """An integer option (``true``/``false`` are not integers, although Python's bool is one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
