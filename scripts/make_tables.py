@@ -12,7 +12,8 @@ error at the selected epoch and at the last epoch (empty for TTA rows), paramete
 (device, CPU threads, host) and the short git commits of its runs, joined on the experiment name with the paper's
 number (``results/paper.csv``). One ``TABLE.md`` and ``TABLE.csv`` per table (the prefix of the name: table1,
 table2, table3, mini; ``mini/<model>`` shows the paper's ``table1/<model>`` only as a not-comparable column).
-Rows follow paper.csv, then other experiments by name; a TTA row follows the rows of its experiment.
+Rows follow paper.csv, then other experiments by name; a TTA row follows the rows of its experiment. The Markdown
+ends with the wall time summed over the runs of each protocol (training and TTA apart).
 
 ``TABLE_comparison.md`` and ``TABLE_comparison.csv`` compare pairs of rows of one table, per protocol, for the
 test error at the selected and at the last epoch: each attentive model against P4CNN and against its
@@ -328,7 +329,24 @@ def markdown_text(table: Table, rows: list[dict], runs: list[Run], context: dict
         lines += ["", f"Notes (from `{context['paper']}`):", ""] + [f"- `{e}`: {n}" for e, n in notes.items()]
     if missing:
         lines += ["", "No runs here for: " + ", ".join(f"`{e}`" for e in missing) + "."]
+    lines += ["", f"Wall time summed over the runs: {compute_totals(runs)}."]
     return "\n".join(lines) + "\n"
+
+
+def compute_totals(runs: list[Run]) -> str:
+    """Per protocol, the summed ``wall_time_s`` of the training runs and of the TTA evaluations (what it took to
+    make the table, one run after another)."""
+    parts = []
+    for protocol in sorted({r.protocol for r in runs}):
+        mine = [r for r in runs if r.protocol == protocol]
+        part = []
+        for what, training in (("training run", True), ("TTA evaluation", False)):
+            chosen = [r for r in mine if (r.summary.get("mode") == "train") == training]
+            if chosen:
+                total = sum(r.summary.get("wall_time_s") or 0.0 for r in chosen)
+                part.append(f"{duration(total)} for {len(chosen)} {what}{'s' if len(chosen) > 1 else ''}")
+        parts.append(f"`{protocol}` " + " and ".join(part))
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- comparisons

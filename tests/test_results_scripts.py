@@ -178,6 +178,7 @@ def test_make_tables_statistics_join_and_order(runs_dir, tmp_path, capsys):
     assert "`Test GPU`" in md and "`abc123`" in md and "python scripts/make_tables.py --runs" in md
     assert "| `table1/p4cnn` | P4CNN | clean | 3 | 3 | 2.500 ± 0.500 | 2.200 ± 0.100 | 2.048 ± 0.045 | +0.452 |" in md
     assert "`table1/z2cnn`" in md.split("No runs here for:")[1]  # paper rows without runs are listed
+    assert "summed over the runs: `clean` 13.0 min for 7 training runs; `original` 60 s for 1 training run." in md
 
 
 def test_make_tables_mini_is_labelled_not_comparable(runs_dir, tmp_path, capsys):
@@ -262,7 +263,7 @@ def mini_runs(tmp_path):
         write_run(root, "mini/p4cnn_w19", "clean", seed, 1.0 + seed / 5, last_error=2.0 + seed / 5)
     write_run(root, "mini/a_p4cnn", "original", 0, 1.0)
     write_run(root, "mini/p4cnn_w19", "original", 0, 1.5)
-    write_eval(root, "mini/z2cnn", "clean", 0, 3.5, tta=16)
+    write_eval(root, "mini/z2cnn", "clean", 0, 3.5, tta=16, wall_time_s=30.0)
     write_eval(root, "mini/z2cnn", "clean", 1, 0.5, tta=None)  # an ordinary evaluation
     write_eval(root, "mini/z2cnn", "clean", 2, 0.5, tta=1)  # one rotation: no augmentation
     return root
@@ -314,6 +315,8 @@ def test_make_tables_places_tta_rows_after_their_experiment(mini_runs, tmp_path,
     assert "| `mini/z2cnn+tta4` | Z2CNN + TTA4 | clean | 3 | 3 | 4.000 ± 1.000 |  |" in md
     assert md.index("`mini/z2cnn`") < md.index("`mini/z2cnn+tta4`") < md.index("`mini/z2cnn+tta16`")
     assert "| Test GPU | 0bcdef0+dirty, 1bcdef0+dirty, 2bcdef0+dirty |" in md and "A `+tta<K>` row" in md
+    totals = "`clean` 21.0 min for 11 training runs and 30 s for 4 TTA evaluations; `original` 2.0 min for 2 training"
+    assert totals in md
 
 
 def test_make_tables_compares_pairs_with_welch_intervals(mini_runs, tmp_path, capsys):
