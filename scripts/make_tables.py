@@ -341,7 +341,7 @@ def compute_totals(runs: list[Run]) -> str:
         mine = [r for r in runs if r.protocol == protocol]
         part = []
         for what, training in (("training run", True), ("TTA evaluation", False)):
-            chosen = [r for r in mine if (r.summary.get("mode") == "train") == training]
+            chosen = [r for r in mine if (r.tta is None) == training]
             if chosen:
                 total = sum(r.summary.get("wall_time_s") or 0.0 for r in chosen)
                 part.append(f"{duration(total)} for {len(chosen)} {what}{'s' if len(chosen) > 1 else ''}")
