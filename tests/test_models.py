@@ -121,3 +121,21 @@ def test_spatial_kernel_override_reaches_every_attentive_conv(name):
     model = build(name, spatial_kernel=5)
     kernels = {m.spatial_attention.kernel_size for m in model.modules() if getattr(m, "spatial_attention", None)}
     assert kernels == {5}
+
+
+ROTMNIST_MODELS = [n for n in NAMES if model_config(n).dataset == "rotmnist"]
+
+
+@pytest.mark.parametrize("name", ROTMNIST_MODELS)
+def test_eval_logits_do_not_depend_on_the_batch(name):
+    """In eval mode every image is evaluated on its own, so the evaluation batch size changes nothing."""
+    torch.manual_seed(0)
+    model = build(name).double()
+    x = torch.randn(5, *model.input_shape, dtype=torch.float64)
+    with torch.no_grad():
+        model.train()(x)  # move the batch-norm running statistics away from their initial values
+        whole = model.eval()(x)
+        split = torch.cat([model(x[:2]), model(x[2:])])
+        assert rel_err(split, whole) < 1e-12
+        # negative control: in training mode batch norm uses the batch's statistics
+        assert rel_err(torch.cat([model.train()(x[:2]), model(x[2:])]), model(x)) > BROKEN
