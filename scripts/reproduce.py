@@ -24,8 +24,9 @@ Stages, in order (``--stages`` picks some):
 2. ``tta``: the rotation test-time-augmented evaluation (``eval_tta=K``, K = 4, 8, 16) of the selected weights of
    every finished Z2CNN and P4CNN run of the rot-MNIST-like tables, in ``.../seed<k>/tta<K>/``.
 3. ``tables``: ``make_tables.py`` over the runs.
-4. ``figures``: learning curves (one panel per model: training and selection accuracy, mean and min-max band over
-   seeds), accuracy against input rotation (Z2CNN also with 4-rotation TTA), attention maps.
+4. ``figures``: learning curves, one figure per protocol (one panel per model: training and selection accuracy,
+   mean and min-max band over seeds; ``--authors-history DIR`` draws the authors' released logs beside them),
+   accuracy against input rotation (Z2CNN also with 4-rotation TTA), attention maps.
 
 A full pass (no ``--epochs``) publishes each run as soon as it finishes: its small files go to
 ``results/runs/<experiment>/<protocol>/seed<k>/`` and the selected weights of each model's seed-0 ``clean`` run to
@@ -45,6 +46,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,15 +365,30 @@ def run(cmd: list[str], dry_run: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- figures
-def figure_commands(table: str, places: Places, figures: Path, overrides: list[str], limit: int) -> list[list[str]]:
-    """Curves of every table; for rot-MNIST-like tables also accuracy vs rotation angle and attention maps, from
-    the published checkpoints where there are (else the finished seed-0 clean runs' selected weights)."""
+def figure_commands(
+    table: str,
+    places: Places,
+    figures: Path,
+    overrides: list[str],
+    limit: int,
+    protocols: Sequence[str] = (PUBLISHED_PROTOCOL,),
+    authors_history: Path | None = None,
+) -> list[list[str]]:
+    """Learning curves of every table, one figure per protocol (``<table>_curves.png`` for clean,
+    ``<table>_curves_<protocol>.png`` for another), with the authors' released logs drawn beside them when
+    ``authors_history`` is their folder; for rot-MNIST-like tables also accuracy vs rotation angle and attention
+    maps, from the published checkpoints where there are (else the finished seed-0 clean runs' selected weights)."""
     from attentive_gcnn.publish import read_summary
 
     py, scripts = sys.executable, REPO / "scripts"
     runs = places.runs or places.out
-    curves = ["--runs", str(runs), "--select", f"{table}/*", "--protocol", "clean", "--grid", "--ylim", *CURVES_YLIM]
-    cmds = [[py, str(scripts / "plot_curves.py"), *curves, "--out", str(figures / f"{table}_curves.png"), "--force"]]
+    panels = ["--select", f"{table}/*", "--grid", "--ylim", *CURVES_YLIM]
+    history = ["--authors-history", str(authors_history)] if authors_history is not None else []
+    cmds = []
+    for protocol in protocols:
+        png = figures / (f"{table}_curves.png" if protocol == "clean" else f"{table}_curves_{protocol}.png")
+        curves = ["--runs", str(runs), "--protocol", protocol, *panels, *history, "--out", str(png), "--force"]
+        cmds.append([py, str(scripts / "plot_curves.py"), *curves])
     if table not in ROTATION_DATASETS:
         return cmds
     data_dir = [o.split("=", 1)[1] for o in overrides if o.startswith("paths.data_dir=")]
@@ -424,6 +441,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="what to do (default all)")
     parser.add_argument("--figure-limit", type=int, default=2000, help="test images per angle in the rotation plot")
+    parser.add_argument(
+        "--authors-history",
+        type=Path,
+        metavar="DIR",
+        help="the authors' released training logs (*_history.npy), drawn beside the learning curves",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. paths.data_dir=/data")
     args = parser.parse_args(argv)
@@ -433,6 +456,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(str(e))
     if (args.epochs is not None and args.epochs < 1) or args.jobs < 1 or args.figure_limit < 1:
         parser.error("--epochs, --jobs and --figure-limit must be positive")
+    if args.authors_history is not None and not args.authors_history.is_dir():
+        parser.error(f"--authors-history {args.authors_history}: not a directory")
     if args.gpus is not None:
         args.gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
         if not args.gpus or not all(g.isdigit() for g in args.gpus) or len(set(args.gpus)) != len(args.gpus):
@@ -495,7 +520,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "figures" in args.stages:
         for table in tables:
-            for cmd in figure_commands(table, places, results / "figures", args.overrides, args.figure_limit):
+            figures = figure_commands(
+                table,
+                places,
+                results / "figures",
+                args.overrides,
+                args.figure_limit,
+                args.protocols,
+                args.authors_history,
+            )
+            for cmd in figures:
                 run(cmd, args.dry_run)
     print(f"runs: {out}" + (f"\npublished: {places.runs}" if places.runs else ""))
     print(f"tables: {results / 'tables'}\nfigures: {results / 'figures'}")

@@ -232,6 +232,25 @@ def test_tta_waits_for_the_training_run_to_finish(tmp_path):
     assert sorted(p.name for p in unfinished.iterdir()) == ["best.ckpt"] and not (tmp_path / "results/runs").exists()
 
 
+def test_figures_draw_one_curves_figure_per_protocol_with_the_authors_logs(tmp_path, capsys):
+    rp = load_script()
+    places, logs = rp.Places(tmp_path / "out", None, None), tmp_path / "authors"
+    cmds = rp.figure_commands("table2", places, tmp_path / "fig", [], 10, ["clean", "original"], logs)
+    assert [c[1] for c in cmds] == [str(rp.REPO / "scripts/plot_curves.py")] * 2  # table2: no rotation figures
+
+    def value(cmd, flag):
+        return cmd[cmd.index(flag) + 1]
+
+    assert [value(c, "--protocol") for c in cmds] == ["clean", "original"]
+    assert [value(c, "--out") for c in cmds] == [str(tmp_path / f"fig/table2_curves{s}.png") for s in ("", "_original")]
+    assert all(value(c, "--authors-history") == str(logs) for c in cmds)
+    (clean,) = rp.figure_commands("table2", places, tmp_path / "fig", [], 10)  # by default: clean, no logs
+    assert value(clean, "--protocol") == "clean" and "--authors-history" not in clean
+    with pytest.raises(SystemExit):  # refused before any training, not at the figures stage
+        rp.parse_args(["--table", "mini", "--authors-history", str(logs)])
+    assert "not a directory" in capsys.readouterr().err
+
+
 def test_figures_use_published_or_finished_weights_only(tmp_path):
     rp = load_script()
     places = rp.Places(tmp_path / "out", tmp_path / "results/runs", tmp_path / "results/checkpoints")
