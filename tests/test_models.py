@@ -11,6 +11,7 @@ from tests.conftest import BROKEN, authors_release_dir, needs_authors_release, r
 NAMES = model_names()
 GROUP_MODELS = [n for n in NAMES if model_config(n).net.group != "z2"]
 Z2_MODELS = [n for n in NAMES if model_config(n).net.group == "z2"]
+ROTMNIST_MODELS = [n for n in NAMES if model_config(n).dataset == "rotmnist"]
 
 
 def test_all_24_models_have_configs():
@@ -121,9 +122,6 @@ def test_spatial_kernel_override_reaches_every_attentive_conv(name):
     model = build(name, spatial_kernel=5)
     kernels = {m.spatial_attention.kernel_size for m in model.modules() if getattr(m, "spatial_attention", None)}
     assert kernels == {5}
-
-
-ROTMNIST_MODELS = [n for n in NAMES if model_config(n).dataset == "rotmnist"]
 
 
 @pytest.mark.parametrize("name", ROTMNIST_MODELS)
